@@ -1,0 +1,56 @@
+"""`train` command line: a thin dispatcher. Each subcommand lives in ``train/commands/<name>.py``
+with ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import FerlensError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("train.commands.fit", "train a model and write artifacts/runs/<run>"),
+    "eval": ("train.commands.evaluate", "evaluate a run on a data split (metrics.json)"),
+    "sweep": ("train.commands.sweep", "grid x seeds of fits with a mean ± 95% CI summary"),
+    "profile": ("train.commands.profile", "params, MACs/FLOPs, throughput and memory of models"),
+    "data": ("train.commands.data", "SynthFER generation, dataset info and checks"),
+}
+
+
+def dispatch(prog: str, commands: dict[str, tuple[str, str]], description: str, argv=None) -> int:
+    """Parse ``argv`` into one subcommand and run it; user errors print one line and exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in commands.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        if argv and argv[0] not in ("-h", "--help"):
+            from .errors import close_matches
+            print(f"{prog}: unknown command '{argv[0]}'; use one of {', '.join(commands)}."
+                  + close_matches(argv[0], commands), file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name = argv[0]
+    module = importlib.import_module(commands[name][0])
+    sp = argparse.ArgumentParser(prog=f"{prog} {name}", description=commands[name][1])
+    module.add_arguments(sp)
+    args = sp.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except FerlensError as e:
+        print(f"{prog} {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog} {name}: interrupted; finished artifacts are kept, nothing half-written is left.",
+              file=sys.stderr)
+        return 130
+
+
+def main(argv=None) -> int:
+    return dispatch("train", COMMANDS, "Train FER hybrids and profile them (ferlens).", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
