@@ -11,7 +11,7 @@ from .errors import FerlensError
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("train.commands.fit", "train a model and write artifacts/runs/<run>"),
     "eval": ("train.commands.evaluate", "evaluate a run on a data split (metrics.json)"),
-    "sweep": ("train.commands.sweep", "grid x seeds of fits with a mean ± 95% CI summary"),
+    "sweep": ("train.commands.sweep", "grid x seeds of fits with a mean ± 95%% CI summary"),
     "profile": ("train.commands.profile", "params, MACs/FLOPs, throughput and memory of models"),
     "data": ("train.commands.data", "SynthFER generation, dataset info and checks"),
 }
