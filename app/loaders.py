@@ -1,0 +1,233 @@
+"""Artifact readers for the app: one cached reader per artifact, each failure isolated to its run.
+
+Every reader returns an ``Artifact``: the parsed content, or ``missing`` (the file is not there yet), or an
+``error`` sentence (the file is there but unreadable or does not follow docs/contracts.md). Pages never
+see an exception from a run folder, so one corrupt run cannot break the others.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from train.errors import FerlensError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One artifact of one run.
+
+    Attributes:
+        run: the run's folder name.
+        path: the file the artifact lives in.
+        data: parsed content (dict or DataFrame); None when missing or unreadable.
+        error: one sentence when the file exists but cannot be used.
+    """
+
+    run: str
+    path: Path
+    data: Any = None
+    error: str | None = None
+
+    @property
+    def missing(self) -> bool:
+        return self.data is None and self.error is None
+
+    @property
+    def ok(self) -> bool:
+        return self.data is not None
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(mtime_ns, size) so cached readers notice a rewritten file."""
+    try:
+        st_ = path.stat()
+        return st_.st_mtime_ns, st_.st_size
+    except OSError:
+        return 0, -1
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _read_json(path: str, stamp: tuple[int, int]) -> tuple[Any, str | None]:
+    """Parse a JSON file; returns (data, error)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path} is not valid JSON ({type(e).__name__}); re-run the command that wrote it."
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _read_csv(path: str, stamp: tuple[int, int]) -> tuple[pd.DataFrame | None, str | None]:
+    """Parse a CSV file; returns (frame, error)."""
+    try:
+        return pd.read_csv(path), None
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+        return None, f"{path} is not a readable CSV ({type(e).__name__}); re-run the command that wrote it."
+
+
+def _load(run_dir: Path, rel: str, reader: Callable, check: Callable[[Any], Any] | None = None) -> Artifact:
+    """Read ``run_dir/rel`` with ``reader`` and validate with ``check`` (which may reshape the data)."""
+    path = Path(run_dir) / rel
+    if not path.is_file():
+        return Artifact(run_dir.name, path)
+    data, error = reader(str(path), _stamp(path))
+    if error is None and check is not None:
+        try:
+            data = check(data)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            data, error = None, (f"{path} does not follow the ferlens schema ({type(e).__name__}: {e}); "
+                                 "re-run the command that wrote it.")
+    return Artifact(run_dir.name, path, data if error is None else None, error)
+
+
+def _require_columns(columns: list[str]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def check(df: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise KeyError(f"columns {', '.join(missing)} are missing")
+        return df
+    return check
+
+
+def _check_config(cfg: Any) -> dict:
+    if not isinstance(cfg, dict):
+        raise TypeError("config.json is not an object")
+    cfg["model"]["name"]  # the keys every page relies on
+    int(cfg["num_classes"])
+    return cfg
+
+
+def _check_metrics(m: Any) -> dict:
+    if not isinstance(m, dict):
+        raise TypeError("metrics.json is not an object")
+    float(m["accuracy"])
+    return m
+
+
+def _check_profile(p: Any) -> dict:
+    if not isinstance(p, dict):
+        raise TypeError("profile.json is not an object")
+    for row in p.get("rows", []):
+        float(row["batch_size"]), float(row["throughput"])
+    return p
+
+
+def _flatten_linear(rows: Any) -> pd.DataFrame:
+    """linear.json rows -> tidy frame with score/lo/hi (accuracy for categorical, r2 for continuous)."""
+    if isinstance(rows, dict):
+        rows = rows.get("rows", [])
+    out = []
+    for r in rows:
+        metric = r["metric"]
+        name = "accuracy" if "accuracy" in metric else next(iter(metric))
+        lo, hi = (r.get("ci95") or {}).get(name, [np.nan, np.nan])
+        out.append({"target": str(r["target"]), "layer": str(r["layer"]), "layer_index": int(r["layer_index"]),
+                    "tokens": str(r["tokens"]), "metric": name, "score": float(metric[name]),
+                    "lo": float(lo), "hi": float(hi),
+                    "chance": float(r["chance"]) if r.get("chance") is not None else np.nan,
+                    "selectivity": float(r["selectivity"]) if r.get("selectivity") is not None else np.nan,
+                    "control_accuracy": (float(r["control_accuracy"]) if r.get("control_accuracy") is not None
+                                         else np.nan),
+                    "n_test": r.get("n_test"), "dim": r.get("dim")})
+    if not out:
+        raise ValueError("linear.json holds no rows")
+    return pd.DataFrame(out)
+
+
+def _check_cka(d: Any) -> dict:
+    for m in d["matrices"]:
+        values = np.asarray(m["values"], dtype=float)
+        if values.shape != (len(m["y_labels"]), len(m["x_labels"])):
+            raise ValueError(f"matrix {m['name']} has shape {values.shape}, not y_labels × x_labels")
+    return d
+
+
+# name -> (relative path, reader, check). Pages ask for artifacts by these names.
+ARTIFACTS: dict[str, tuple[str, Callable, Callable | None]] = {
+    "config": ("config.json", _read_json, _check_config),
+    "metrics": ("metrics.json", _read_json, _check_metrics),
+    "history": ("history.csv", _read_csv, _require_columns(["epoch", "train_loss", "val_loss", "val_acc"])),
+    "profile": ("profile.json", _read_json, _check_profile),
+    "linear": ("probes/linear.json", _read_json, _flatten_linear),
+    "cka": ("probes/cka.json", _read_json, _check_cka),
+    "umap": ("probes/umap.csv", _read_csv, _require_columns(["sample_id", "layer", "tokens", "method", "x", "y"])),
+    "attribution": ("explain/attribution_metrics.csv", _read_csv,
+                    _require_columns(["method", "deletion_auc", "insertion_auc"])),
+    "interventions": ("explain/interventions.csv", _read_csv,
+                      _require_columns(["layer", "mode", "accuracy"])),
+}
+
+
+def load(run_dir: Path, name: str) -> Artifact:
+    """Read one named artifact (see ``ARTIFACTS``) of one run."""
+    rel, reader, check = ARTIFACTS[name]
+    return _load(Path(run_dir), rel, reader, check)
+
+
+def run_label(run_dir: Path) -> str:
+    """Sidebar label: ``name · variant · dataset · acc 0.812`` (or a note when the run is unreadable)."""
+    cfg = load(run_dir, "config")
+    if not cfg.ok:
+        return f"{run_dir.name} · unreadable config"
+    variant = str(cfg.data["model"]["name"]).removeprefix("ferlens_")
+    spec = str((cfg.data.get("data") or {}).get("spec", "?"))
+    dataset = spec.split(":")[0]
+    metrics = load(run_dir, "metrics")
+    acc = f"acc {metrics.data['accuracy']:.3f}" if metrics.ok else "acc n/a"
+    return f"{run_dir.name} · {variant} · {dataset} · {acc}"
+
+
+# ---------------------------------------------------------------- models and datasets (cache_resource)
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=16)
+def load_model(run_dir: str, stamp: tuple[int, int]):
+    """(model in eval mode, config, eval transform) of a run; ``stamp`` invalidates on new weights."""
+    import torch
+
+    from train.engine import make_eval_transform
+    from train.runs import load_run
+
+    torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP spin contention on shared cores
+    model, config = load_run(run_dir)
+    return model, config, make_eval_transform(config)
+
+
+def model_for(run_dir: Path):
+    """Cached ``(model, config, transform)``; raises FerlensError with one sentence on failure."""
+    try:
+        return load_model(str(run_dir), _stamp(Path(run_dir) / "model.safetensors"))
+    except FerlensError:
+        raise
+    except ModuleNotFoundError as e:
+        raise FerlensError(f"The module {e.name} is not available yet, so run {run_dir.name} cannot be loaded; "
+                           "install or finish it and reload the page.") from None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise FerlensError(f"Run {run_dir.name} cannot be loaded ({type(e).__name__}: {e}); "
+                           "check its config.json and model.safetensors.") from None
+
+
+@st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
+def load_dataset(spec: str, split: str):
+    """A dataset split (metadata in memory; images decoded on demand)."""
+    from train.data import load_dataset as _load_dataset
+
+    return _load_dataset(spec, split)
+
+
+def dataset_for(spec: str, split: str):
+    """Cached dataset; raises FerlensError with one sentence on failure."""
+    try:
+        return load_dataset(spec, split)
+    except FerlensError:
+        raise
+    except ModuleNotFoundError as e:
+        raise FerlensError(f"The module {e.name} is not available yet, so the dataset '{spec}' cannot be "
+                           "loaded; install or finish it and reload the page.") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FerlensError(f"The dataset '{spec}' ({split}) cannot be loaded ({type(e).__name__}: {e}); "
+                           "check the run's data.spec.") from None

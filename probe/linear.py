@@ -1,0 +1,532 @@
+"""Linear probes on cached token features, with the statistics a reviewer asks for.
+
+For every (target, layer, readout) a probe is fitted on standardized features with outer
+cross-validation (``cv`` folds × ``seeds``). Inside each outer training fold the regularization
+strength is chosen by an inner stratified CV. Reported per probe:
+
+* ``metric``: accuracy, balanced accuracy and macro-F1 (categorical) or R² (continuous), the mean
+  over folds × seeds, with ``ci95`` a Student-t interval over those folds × seeds (folds share
+  training data, so the interval is a slightly optimistic summary of run-to-run spread);
+* ``chance``: the majority-class rate (0.0 for R², the score of predicting the training mean);
+* ``control_accuracy`` and ``selectivity`` after Hewitt & Liang (2019): the same probe — same
+  features, same folds, same chosen regularization — trained on a *control task* whose labels keep
+  the real label marginals but carry no information about the input. Hewitt & Liang map each word
+  *type* to a fixed random class; our inputs are single images with no shared types, so the control
+  labels are a seeded random permutation of the real labels (identical marginals, a random fixed
+  sample→class map). ``selectivity = accuracy − control_accuracy`` (for continuous targets the
+  same with R² on permuted values).
+
+Two engines fit the probes: ``sklearn`` (the reference: ``LogisticRegressionCV`` / ``RidgeCV``,
+one problem at a time) and ``torch`` (all layers × readouts × inner folds × C values of a target
+stacked into one batched multinomial logistic regression solved by full-batch L-BFGS; ridge is
+solved in closed form through one eigendecomposition per problem). The batched solver is
+hand-written because no library fits many independent logistic regressions in one batched call.
+``bench/bench_probe_sweep.py`` measures the agreement and the speed-up.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from train.errors import FerlensError, close_matches
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .features import FeatureSet
+
+DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strength, sklearn convention
+DEFAULT_ALPHAS: tuple[float, ...] = (1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge penalties
+KINDS = ("categorical", "continuous")
+CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean of ``values`` (degenerate when < 2 values)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    mean = float(v.mean())
+    if len(v) < 2 or float(v.std(ddof=1)) == 0.0:
+        return mean, mean
+    half = float(stats.t.ppf(0.5 + level / 2, df=len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean - half, mean + half
+
+
+def encode_target(values: Sequence[Any], kind: str) -> np.ndarray:
+    """Categorical values → int64 codes 0..K-1 (sorted unique order); continuous → float64."""
+    if kind not in KINDS:
+        raise FerlensError(f"Unknown target kind '{kind}'; use one of {', '.join(KINDS)}.")
+    arr = np.asarray(values)
+    if kind == "continuous":
+        return arr.astype(np.float64)
+    _, codes = np.unique(arr.astype(str) if arr.dtype == object else arr, return_inverse=True)
+    return codes.astype(np.int64).ravel()
+
+
+def check_target(y: np.ndarray, *, kind: str, cv: int, name: str = "target") -> None:
+    """Raise ``FerlensError`` when a target cannot be probed with ``cv``-fold cross-validation."""
+    if cv < 2:
+        raise FerlensError(f"--cv {cv} is too small; use at least 2 folds.")
+    if len(y) < cv:
+        raise FerlensError(f"Target '{name}' has {len(y)} samples, fewer than the {cv} CV folds; "
+                           "use a larger split or a smaller --cv.")
+    if kind == "continuous":
+        if not np.all(np.isfinite(y)) or float(np.std(y)) == 0.0:
+            raise FerlensError(f"Target '{name}' is constant or has missing values; drop it from --targets.")
+        return
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    if len(counts) < 2:
+        raise FerlensError(f"Target '{name}' has a single class in this split; drop it from --targets.")
+    if counts.min() < cv:
+        raise FerlensError(f"Target '{name}' has a class with only {counts.min()} samples, fewer than the "
+                           f"{cv} CV folds; use a larger split, a smaller --cv, or drop the target.")
+
+
+def control_labels(y: np.ndarray, seed: int) -> np.ndarray:
+    """Control-task labels: a seeded permutation of ``y`` (same marginals, no input information)."""
+    return np.random.default_rng(10_007 + seed).permutation(y)
+
+
+def chance_level(y: np.ndarray, kind: str) -> float:
+    """Majority-class rate (categorical) or 0.0, the R² of predicting the mean (continuous)."""
+    if kind == "continuous":
+        return 0.0
+    return float(np.bincount(y).max() / len(y))
+
+
+def _outer_splits(y: np.ndarray, cv: int, seed: int, kind: str):
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter = (StratifiedKFold if kind == "categorical" else KFold)(n_splits=cv, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y))
+
+
+def _inner_splits(y: np.ndarray, inner_cv: int, seed: int, kind: str):
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if kind == "categorical":
+        k = max(2, min(inner_cv, int(np.bincount(y)[np.bincount(y) > 0].min())))
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    return list(KFold(n_splits=inner_cv, shuffle=True, random_state=seed).split(np.zeros(len(y))))
+
+
+def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Z-score both with the training statistics (zero-variance columns get scale 1, like sklearn)."""
+    train = np.asarray(train, dtype=np.float32)
+    mean = train.mean(0)
+    std = train.std(0)
+    std[std < 1e-12] = 1.0
+    return (train - mean) / std, (np.asarray(test, dtype=np.float32) - mean) / std
+
+
+# ----------------------------------------------------------------------------- engines
+
+@dataclass
+class ProbeProblem:
+    """One outer fold for several feature matrices that share labels and splits.
+
+    Attributes:
+        x_train: list of P standardized arrays, each (n_train, D_p).
+        x_test: list of P standardized arrays, each (n_test, D_p).
+        y_train: (n_train,) real labels; ``c_train`` the control labels of the same samples.
+        n_classes: K (categorical) or 0 (continuous).
+        inner: inner CV splits of the training fold, list of (train_idx, val_idx).
+    """
+
+    x_train: list[np.ndarray]
+    x_test: list[np.ndarray]
+    y_train: np.ndarray
+    c_train: np.ndarray
+    n_classes: int
+    inner: list[tuple[np.ndarray, np.ndarray]]
+
+
+def _sklearn_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int):
+    """Reference engine: LogisticRegressionCV per feature matrix, then the control at the chosen C."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    preds, cpreds, chosen = [], [], []
+    for xtr, xte in zip(prob.x_train, prob.x_test):
+        clf = LogisticRegressionCV(Cs=list(Cs), cv=prob.inner, l1_ratios=(0.0,), scoring="accuracy",
+                                   max_iter=max_iter, use_legacy_attributes=False).fit(xtr, prob.y_train)
+        ctrl = LogisticRegression(C=float(clf.C_), max_iter=max_iter).fit(xtr, prob.c_train)
+        preds.append(clf.predict(xte))
+        cpreds.append(ctrl.predict(xte))
+        chosen.append(float(clf.C_))
+    return np.stack(preds), np.stack(cpreds), np.asarray(chosen)
+
+
+def _sklearn_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max_iter: int):
+    """Reference engine: RidgeCV per feature matrix, then the control at the chosen alpha."""
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    preds, cpreds, chosen = [], [], []
+    for xtr, xte in zip(prob.x_train, prob.x_test):
+        reg = RidgeCV(alphas=list(alphas), cv=prob.inner).fit(xtr, prob.y_train)
+        ctrl = Ridge(alpha=float(reg.alpha_)).fit(xtr, prob.c_train)
+        preds.append(reg.predict(xte))
+        cpreds.append(ctrl.predict(xte))
+        chosen.append(float(reg.alpha_))
+    return np.stack(preds), np.stack(cpreds), np.asarray(chosen)
+
+
+def _stack(xs: list[np.ndarray]):
+    """Zero-pad P feature matrices to a common width: (P, n, Dmax) float32 tensor.
+
+    Zero columns of standardized features stay at zero weight under the L2 penalty, so padding does
+    not change any solution.
+    """
+    import torch
+
+    dmax = max(x.shape[1] for x in xs)
+    out = torch.zeros(len(xs), xs[0].shape[0], dmax)
+    for p, x in enumerate(xs):
+        out[p, :, : x.shape[1]] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return out
+
+
+def batched_logreg(X, Y, weights, lam, n_classes: int, max_iter: int = 100, tol: float = 1e-4, init=None):
+    """Fit P × R independent L2-regularized multinomial logistic regressions with one L-BFGS run.
+
+    Minimizes, for every feature matrix p and label set r,
+    ``sum_i w[r,i] CE(x_pi W_pr + b_pr, y_ri) / sum_i w[r,i] + lam[p,r]/2 ||W_pr||²``; with
+    ``lam = 1 / (C n_train)`` this is sklearn's objective divided by ``C n_train`` (and ``tol`` is
+    sklearn's gradient tolerance on that scale). The problems are independent, so minimizing their
+    sum solves each one.
+
+    Args:
+        X: (P, n, D) float tensor of standardized features.
+        Y: (R, n) int64 labels, one row per label set.
+        weights: (R, n) float sample weights (0 drops a sample from label set r).
+        lam: (P, R) float penalties.
+        n_classes: K.
+        max_iter: L-BFGS iterations.
+        init: optional warm start (W (P, D, R, K), b (P, R, K)).
+
+    Returns:
+        W (P, D, R, K) and b (P, R, K).
+    """
+    import torch
+
+    P, n, D = X.shape
+    R = Y.shape[0]
+    K = n_classes
+    if init is None:
+        W = torch.zeros(P, D, R * K)
+        b = torch.zeros(P, 1, R * K)
+    else:
+        W = init[0].reshape(P, D, R * K).clone()
+        b = init[1].reshape(P, 1, R * K).clone()
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    w = (weights / weights.sum(1, keepdim=True)).T.contiguous()  # (n, R)
+    onehot = torch.nn.functional.one_hot(Y.T, K).to(X.dtype) * w[..., None]  # (n, R, K)
+    # the linear part of the cross-entropy, sum_i w_i x_i·W[:, y_i] + b[y_i], in closed form
+    gw = X.transpose(1, 2) @ onehot.view(1, n, R * K)  # (P, D, R*K)
+    gb = onehot.sum(0).view(1, 1, R * K)  # (1, 1, R*K)
+    lam3 = lam.repeat_interleave(K, 1)[:, None, :]  # (P, 1, R*K)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-10,
+                            history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = torch.baddbmm(b, X, W).view(P, n, R, K)  # (P, n, R, K)
+        lse = (torch.logsumexp(logits, -1) * w).sum()
+        loss = lse - (W * gw).sum() - (b * gb).sum() + 0.5 * (lam3 * W.pow(2)).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return W.detach().view(P, D, R, K), b.detach().view(P, R, K)
+
+
+def _logreg_predict(X, W, b):
+    """Class predictions (P, n, R) for X (P, n, D), W (P, D, R, K), b (P, R, K)."""
+    import torch
+
+    P, D, R, K = W.shape
+    logits = torch.baddbmm(b.reshape(P, 1, R * K), X, W.reshape(P, D, R * K)).view(P, -1, R, K)
+    return logits.argmax(-1)
+
+
+def _torch_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int):
+    """Batched engine: all feature matrices × inner folds at once, warm-started along the C path
+    (strongest penalty first), then one fit of (real, control) labels at each matrix's chosen C."""
+    import torch
+
+    K = prob.n_classes
+    Xtr = _stack(prob.x_train)  # (P, n, D)
+    Xte = _stack(prob.x_test)
+    P, n, D = Xtr.shape
+    y = torch.from_numpy(prob.y_train.astype(np.int64))
+    F = len(prob.inner)
+    weights = torch.zeros(F, n)  # label set f = inner fold f, weights select its training samples
+    for f, (tr, _) in enumerate(prob.inner):
+        weights[f, torch.from_numpy(tr)] = 1.0
+    val = 1.0 - weights  # (F, n)
+    grid = sorted(float(c) for c in Cs)
+    scores, path, state = [], [], None
+    for c in grid:
+        lam = (1.0 / (c * weights.sum(1))).expand(P, F).contiguous()  # (P, F)
+        state = batched_logreg(Xtr, y.expand(F, n).contiguous(), weights, lam, K, max_iter, init=state)
+        correct = (_logreg_predict(Xtr, *state) == y[None, :, None]).float()  # (P, n, F)
+        scores.append(((correct * val.T[None]).sum(1) / val.sum(1)[None]).mean(1))  # (P,)
+        path.append((state[0].mean(2), state[1].mean(1)))  # fold-averaged (P, D, K), (P, K)
+    score = torch.stack(scores, 1)  # (P, nc)
+    best = score.argmax(1)  # (P,) first max = strongest penalty among ties
+    c_best = torch.tensor(grid)[best]
+    W0 = torch.stack([path[int(k)][0][p] for p, k in enumerate(best)])  # (P, D, K)
+    b0 = torch.stack([path[int(k)][1][p] for p, k in enumerate(best)])  # (P, K)
+    init = (torch.stack([W0, torch.zeros_like(W0)], 2), torch.stack([b0, torch.zeros_like(b0)], 1))
+    Y2 = torch.stack([y, torch.from_numpy(prob.c_train.astype(np.int64))])  # (2, n): real, control
+    lam2 = (1.0 / (c_best * n))[:, None].expand(P, 2).contiguous()
+    W, b = batched_logreg(Xtr, Y2, torch.ones(2, n), lam2, K, max_iter, init=init)
+    out = _logreg_predict(Xte, W, b)  # (P, n_test, 2)
+    return out[..., 0].numpy(), out[..., 1].numpy(), c_best.numpy().astype(np.float64)
+
+
+def _ridge_path(X, y, alphas):
+    """Closed-form ridge for several alphas: X (P, n, D) standardized, y (n, R) → W (P, A, D, R), b (R,)."""
+    import torch
+
+    ym = y.mean(0)
+    xm = X.mean(1, keepdim=True)
+    Xc = X - xm
+    evals, evecs = torch.linalg.eigh(Xc.transpose(1, 2) @ Xc)  # (P, D), (P, D, D)
+    proj = evecs.transpose(1, 2) @ (Xc.transpose(1, 2) @ (y - ym))  # (P, D, R)
+    a = torch.as_tensor(alphas, dtype=X.dtype)
+    scaled = proj[:, None] / (evals[:, None, :, None] + a[None, :, None, None])  # (P, A, D, R)
+    W = evecs[:, None] @ scaled  # (P, A, D, R)
+    b = ym - (xm[:, None] @ W).squeeze(2)  # (P, A, R)
+    return W, b
+
+
+def _torch_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max_iter: int):
+    """Batched engine for ridge: closed form, alpha chosen by inner-CV R²."""
+    import torch
+
+    Xtr = _stack(prob.x_train).double()
+    Xte = _stack(prob.x_test).double()
+    y = torch.from_numpy(prob.y_train.astype(np.float64))
+    P = Xtr.shape[0]
+    score = torch.zeros(P, len(alphas), dtype=torch.float64)
+    for tr, va in prob.inner:
+        W, b = _ridge_path(Xtr[:, tr], y[tr, None], alphas)
+        pred = (Xtr[:, None, va] @ W).squeeze(-1) + b  # (P, A, n_val)
+        yv = y[va]
+        score += 1 - ((pred - yv) ** 2).sum(-1) / ((yv - yv.mean()) ** 2).sum()
+    best = score.argmax(1)  # (P,)
+    Y2 = torch.stack([y, torch.from_numpy(prob.c_train.astype(np.float64))], 1)  # (n, 2)
+    W, b = _ridge_path(Xtr, Y2, alphas)
+    pred = (Xte[:, None] @ W) + b[:, :, None, :]  # (P, A, n_test, 2)
+    pick = pred[torch.arange(P), best]  # (P, n_test, 2)
+    return pick[..., 0].numpy(), pick[..., 1].numpy(), torch.as_tensor(alphas)[best].numpy()
+
+
+# engine name -> (classify, regress); each takes (ProbeProblem, grid, seed, max_iter) and returns
+# (pred (P, n_test), control_pred (P, n_test), chosen_hyperparameter (P,))
+ENGINES: dict[str, tuple[Callable, Callable]] = {
+    "torch": (_torch_classify, _torch_regress),
+    "sklearn": (_sklearn_classify, _sklearn_regress),
+}
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise FerlensError(f"Unknown probe engine '{engine}'; use one of {', '.join(ENGINES)}."
+                           + close_matches(engine, ENGINES))
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def _fold_scores(y_true: np.ndarray, y_pred: np.ndarray, kind: str) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r2_score
+
+    if kind == "continuous":
+        return {"r2": float(r2_score(y_true, y_pred))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {"accuracy": float(accuracy_score(y_true, y_pred)),
+                "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+                "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+
+def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "categorical", cv: int = 5,
+                      seeds: Sequence[int] = (0,), engine: str = "torch", Cs: Sequence[float] = DEFAULT_CS,
+                      alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
+                      name: str = "target") -> list[dict[str, Any]]:
+    """Probe several feature matrices against one target in one batched pass.
+
+    Args:
+        xs: P arrays (n, D_p) (memory-mapped arrays are fine; each is read once per fold).
+        y: (n,) encoded target (see ``encode_target``).
+        kind: ``categorical`` (logistic regression) or ``continuous`` (ridge, R²).
+        cv: outer folds; seeds: one outer split (and control permutation) per seed.
+        engine: ``torch`` (batched) or ``sklearn`` (reference).
+        Cs / alphas: regularization grids searched by the inner CV.
+        inner_cv: inner folds.
+        max_iter: solver iterations.
+        name: target name for error messages.
+
+    Returns:
+        P result dicts with ``metric``, ``ci95``, ``control_accuracy``, ``selectivity``, ``chance``,
+        ``n_train``, ``n_test``, ``dim``, ``kind``, ``reg`` (median chosen C or alpha).
+    """
+    _check_engine(engine)
+    check_target(y, kind=kind, cv=cv, name=name)
+    classify, regress = ENGINES[engine]
+    solve, grid = (classify, Cs) if kind == "categorical" else (regress, alphas)
+    n_classes = int(y.max()) + 1 if kind == "categorical" else 0
+    P = len(xs)
+    scores: list[list[dict[str, float]]] = [[] for _ in range(P)]
+    controls: list[list[float]] = [[] for _ in range(P)]
+    regs: list[list[float]] = [[] for _ in range(P)]
+    sizes = []
+    for seed in seeds:
+        c = control_labels(y, seed)
+        for fold, (tr, te) in enumerate(_outer_splits(y, cv, seed, kind)):
+            pairs = [_standardize(np.asarray(x[tr]), np.asarray(x[te])) for x in xs]
+            prob = ProbeProblem([p[0] for p in pairs], [p[1] for p in pairs], y[tr], c[tr], n_classes,
+                                _inner_splits(y[tr], inner_cv, seed * 1000 + fold, kind))
+            pred, cpred, chosen = solve(prob, grid, seed, max_iter)
+            sizes.append((len(tr), len(te)))
+            for p in range(P):
+                scores[p].append(_fold_scores(y[te], pred[p], kind))
+                key = "r2" if kind == "continuous" else "accuracy"
+                controls[p].append(_fold_scores(c[te], cpred[p], kind)[key])
+                regs[p].append(float(chosen[p]))
+    n_train, n_test = (int(round(v)) for v in np.mean(sizes, 0))
+    results = []
+    for p in range(P):
+        names = list(scores[p][0])
+        metric = {m: float(np.mean([s[m] for s in scores[p]])) for m in names}
+        ci = {m: list(t_interval([s[m] for s in scores[p]])) for m in names}
+        main = "r2" if kind == "continuous" else "accuracy"
+        control = float(np.mean(controls[p]))
+        results.append({"metric": metric, "ci95": ci, "control_accuracy": control,
+                        "selectivity": metric[main] - control, "chance": chance_level(y, kind),
+                        "n_train": n_train, "n_test": n_test, "dim": int(xs[p].shape[1]), "kind": kind,
+                        "reg": float(np.median(regs[p]))})
+    return results
+
+
+def fit_probe(*, features: np.ndarray, labels: Sequence[Any], cv: int = 5, seed: int = 0, seeds: int = 1,
+              kind: str = "categorical", engine: str = "torch", Cs: Sequence[float] = DEFAULT_CS,
+              alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3,
+              max_iter: int = 100) -> dict[str, Any]:
+    """Fit one linear probe with outer CV and report metrics with 95% CIs, chance and selectivity.
+
+    Args:
+        features: (n, D) features (standardized per fold inside).
+        labels: (n,) class labels of any hashable type, or floats when ``kind="continuous"``.
+        cv: outer folds.
+        seed: first seed; ``seeds`` consecutive seeds are used (seed, seed+1, ...).
+        kind: ``categorical`` or ``continuous``.
+        engine: ``torch`` or ``sklearn``.
+        Cs / alphas: regularization grids for the inner CV.
+
+    Returns:
+        dict with ``metric``, ``ci95``, ``control_accuracy``, ``selectivity``, ``chance``, ``n_train``,
+        ``n_test``, ``dim``, ``kind``, ``reg``.
+    """
+    X = np.asarray(features)
+    if X.ndim != 2 or len(X) != len(labels):
+        raise FerlensError(f"features must be (n, D) with one row per label; got {X.shape} for {len(labels)} labels.")
+    y = encode_target(labels, kind)
+    return evaluate_features([X], y, kind=kind, cv=cv, seeds=range(seed, seed + seeds), engine=engine, Cs=Cs,
+                             alphas=alphas, inner_cv=inner_cv, max_iter=max_iter)[0]
+
+
+# ----------------------------------------------------------------------------- sweeps over a FeatureSet
+
+def resolve_targets(featureset: "FeatureSet", targets: Sequence[str] | str) -> list[str]:
+    """``"all"`` → expression + every attr; otherwise validate the names (FerlensError lists valid ones)."""
+    valid = featureset.target_names()
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if list(targets) == ["all"]:
+        return valid
+    for t in targets:
+        if t not in valid:
+            raise FerlensError(f"Unknown target '{t}'; valid targets are {', '.join(valid)} (or 'all')."
+                               + close_matches(t, valid))
+    return list(targets)
+
+
+def sweep(*, featureset: "FeatureSet", targets: Sequence[str] | str = ("expression",),
+          readouts: Sequence[str] | str = ("cls", "patch"), layers: Sequence[str | int] | str = "all",
+          cv: int = 5, seeds: int = 3, engine: str = "torch", Cs: Sequence[float] = DEFAULT_CS,
+          alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
+          run: str | None = None, on_skip: Callable[[str], None] | None = None,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Probe every (target, layer, readout) of a FeatureSet; all readouts × layers of a target in one batch.
+
+    Args:
+        featureset: cached features (``probe.features.load_features`` / ``extract``).
+        targets: names or ``"all"`` (expression + every attr of the dataset).
+        readouts: ``cls``, ``patch``, ``patch_max``, ``stem``, ``patch@r,c``.
+        layers: ``"all"`` or indices into ``featureset.layers`` (python style, -1 = last) or hook names.
+        cv, seeds: outer folds and number of seeds.
+        engine: ``torch`` (batched) or ``sklearn``.
+        run: value of the ``run`` column.
+        on_skip: called with a one-line note when a target from ``"all"`` cannot be probed (it is
+            skipped); when None or the target was named explicitly the error is raised.
+
+    Returns:
+        Rows per docs/contracts.md (``random_init_accuracy`` is None; ``probe linear`` fills it).
+    """
+    from tqdm.auto import tqdm
+
+    from_all = targets == "all" or list(targets) == ["all"]
+    names = resolve_targets(featureset, targets)
+    pairs = featureset.pairs(readouts, layers)  # [(readout, layer, layer_index)]
+    rows: list[dict[str, Any]] = []
+    for target in tqdm(names, desc="probe targets", disable=not progress):
+        values, kind = featureset.target(target)
+        y = encode_target(values, kind)
+        try:
+            check_target(y, kind=kind, cv=cv, name=target)
+        except FerlensError as e:
+            if from_all and on_skip is not None:
+                on_skip(f"skipping target '{target}': {e}")
+                continue
+            raise
+        xs = [featureset.readout(r, layer) for r, layer, _ in pairs]
+        results = evaluate_features(xs, y, kind=kind, cv=cv, seeds=range(seeds), engine=engine, Cs=Cs,
+                                    alphas=alphas, inner_cv=inner_cv, max_iter=max_iter, name=target)
+        for (readout, layer, index), res in zip(pairs, results):
+            rows.append({"run": run, "target": target, "layer": layer, "layer_index": index, "tokens": readout,
+                         **res, "random_init_accuracy": None})
+    return rows
+
+
+def add_baseline(rows: list[dict[str, Any]], baseline_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill ``random_init_accuracy`` from rows of the same sweep on a random-init model (accuracy or R²)."""
+    key = {(r["target"], r["layer"], r["tokens"]): r for r in baseline_rows}
+    out = []
+    for r in rows:
+        b = key.get((r["target"], r["layer"], r["tokens"]))
+        main = "r2" if r["kind"] == "continuous" else "accuracy"
+        out.append({**r, "random_init_accuracy": None if b is None else b["metric"][main]})
+    return out
+
+
+CSV_COLUMNS = ["run", "target", "kind", "layer", "layer_index", "tokens", "accuracy", "accuracy_lo", "accuracy_hi",
+               "balanced_accuracy", "balanced_accuracy_lo", "balanced_accuracy_hi", "macro_f1", "macro_f1_lo",
+               "macro_f1_hi", "r2", "r2_lo", "r2_hi", "control_accuracy", "selectivity", "chance",
+               "random_init_accuracy", "n_train", "n_test", "dim", "reg"]
+
+
+def flatten_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A JSON row → a CSV row with ``metric.*`` and ``ci95.*`` flattened (``accuracy``, ``accuracy_lo`` ...)."""
+    flat = {k: v for k, v in row.items() if k not in ("metric", "ci95")}
+    for m, v in row["metric"].items():
+        flat[m] = v
+        flat[f"{m}_lo"], flat[f"{m}_hi"] = row["ci95"][m]
+    return flat

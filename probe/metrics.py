@@ -1,0 +1,390 @@
+"""Attribution metrics, batched and aware of faces (Quantus-style, but for (B, H, W) map batches).
+
+- Faithfulness: deletion and insertion AUC (Petsiuk et al. 2018, RISE) — written here because neither
+  captum nor pytorch-grad-cam batches them over pixel ranks; ROAD (Rong et al. 2022) straight from
+  ``pytorch_grad_cam.metrics.road``.
+- Localisation against SynthFER's answer key: share of positive attribution mass inside the parts
+  that define the class, the pointing game, and the mass on the non-expression regions
+  (background, face skin, hair, occluder).
+- Agreement between methods: Spearman rank correlation (scipy) and top-k IoU.
+- Sanity check: cascading parameter randomisation (Adebayo et al. 2018) — re-initialise the model
+  from the head downwards and measure how much the map still correlates with the original.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from train.errors import FerlensError
+
+Baseline = Literal["blur", "zero"]
+
+# SynthFER regions that carry no expression: mass there is attribution to identity / nuisance factors.
+NUISANCE_PARTS = ("background", "face", "hair", "occluder")
+
+
+# --------------------------------------------------------------------------------------------- utils
+def _check_maps(maps: Tensor, images: Tensor | None = None) -> None:
+    if maps.dim() != 3:
+        raise FerlensError(f"Attribution maps must be (B, H, W), got shape {tuple(maps.shape)}.")
+    if images is not None and (maps.shape[0] != images.shape[0] or maps.shape[1:] != images.shape[-2:]):
+        raise FerlensError(f"Maps {tuple(maps.shape)} do not match images {tuple(images.shape)}; "
+                           "upsample the maps to the image size (probe.explain does).")
+
+
+def pixel_ranks(maps: Tensor) -> Tensor:
+    """Rank of every pixel by decreasing attribution (0 = most relevant).
+
+    Args:
+        maps: (B, H, W).
+
+    Returns:
+        (B, H, W) int64 ranks.
+    """
+    flat = maps.flatten(1)                                               # (B, HW)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=maps.device).expand_as(order))
+    return ranks.view_as(maps)
+
+
+def baseline_images(images: Tensor, baseline: Baseline = "blur", sigma: float = 5.0) -> Tensor:
+    """The canvas that deleted pixels turn into: a strong Gaussian blur or zeros (the dataset mean
+    colour in normalised space).
+
+    Args:
+        images: (B, 3, H, W) normalised images.
+    """
+    if baseline == "zero":
+        return torch.zeros_like(images)
+    if baseline == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+
+        k = int(2 * round(3 * sigma) + 1)
+        k = min(k, 2 * (min(images.shape[-2:]) // 2) - 1)
+        return gaussian_blur(images, kernel_size=[k, k], sigma=[sigma, sigma])
+    raise FerlensError(f"Unknown baseline '{baseline}'; use 'blur' or 'zero'.")
+
+
+# ------------------------------------------------------------------------------------- faithfulness
+@dataclass
+class DeletionInsertion:
+    """Per-image AUCs and the curves behind them.
+
+    Attributes:
+        deletion_auc: (B,) area under p(target) while the most relevant pixels are removed (lower = better).
+        insertion_auc: (B,) area while they are inserted into the baseline (higher = better).
+        deletion_curve: (B, steps+1) probabilities.
+        insertion_curve: (B, steps+1).
+    """
+
+    deletion_auc: Tensor
+    insertion_auc: Tensor
+    deletion_curve: Tensor
+    insertion_curve: Tensor
+
+
+def deletion_insertion(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
+                       steps: int = 16, baseline: Baseline = "blur", batch_size: int = 256) -> DeletionInsertion:
+    """Deletion and insertion AUC (RISE) over pixel ranks, all images and steps batched.
+
+    Args:
+        model: classifier returning logits.
+        images: (B, 3, H, W) normalised images.
+        maps: (B, H, W) attributions at image resolution.
+        targets: (B,) class whose softmax probability is tracked.
+        steps: number of equal pixel-count steps from 0 to all pixels.
+        baseline: ``blur`` or ``zero`` canvas.
+        batch_size: forward chunk size.
+    """
+    _check_maps(maps, images)
+    if steps < 1:
+        raise FerlensError(f"steps must be at least 1, got {steps}.")
+    b, _, h, w = images.shape
+    ranks = pixel_ranks(maps)[:, None]                                   # (B, 1, H, W)
+    base = baseline_images(images, baseline)
+    counts = [round(s * h * w / steps) for s in range(steps + 1)]
+    masks = torch.stack([(ranks < c).to(images.dtype) for c in counts], 1)  # (B, S+1, 1, H, W)
+    img, bas = images[:, None], base[:, None]
+    deleted = img * (1 - masks) + bas * masks                             # (B, S+1, 3, H, W)
+    inserted = bas * (1 - masks) + img * masks
+    both = torch.cat([deleted, inserted], 1).flatten(0, 1)                # (B*2(S+1), 3, H, W)
+    tgt = targets.repeat_interleave(2 * (steps + 1))
+    with torch.no_grad():
+        probs = torch.cat([F.softmax(model(x), -1) for x in both.split(batch_size)])
+    probs = probs.gather(1, tgt[:, None])[:, 0].view(b, 2, steps + 1)
+    dx = 1.0 / steps
+    return DeletionInsertion(
+        deletion_auc=torch.trapezoid(probs[:, 0], dx=dx, dim=-1),
+        insertion_auc=torch.trapezoid(probs[:, 1], dx=dx, dim=-1),
+        deletion_curve=probs[:, 0], insertion_curve=probs[:, 1])
+
+
+def road(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
+         percentiles: Sequence[int] = (20, 40, 60, 80)) -> Tensor:
+    """ROAD combined score (pytorch-grad-cam's ``ROADCombined``): mean over percentiles of
+    (drop when removing the least relevant − drop when removing the most relevant) / 2; higher = better.
+
+    Args:
+        images: (B, 3, H, W); maps: (B, H, W) in [0, 1]; targets: (B,).
+
+    Returns:
+        (B,) scores.
+    """
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    _check_maps(maps, images)
+    metric = ROADCombined(percentiles=list(percentiles))
+    tgts = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+    scores = metric(images, maps.detach().cpu().float().numpy(), tgts, model)
+    return torch.as_tensor(np.asarray(scores), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------- localisation
+@dataclass
+class Localisation:
+    """Per-image localisation scores.
+
+    Attributes:
+        part_mass: (B,) share of positive attribution inside the class-defining parts.
+        nonpart_mass: (B,) share on the nuisance regions (background, face, hair, occluder).
+        pointing_game: (B,) 1.0 when the map's maximum falls inside the defining parts.
+    """
+
+    part_mass: Tensor
+    nonpart_mass: Tensor
+    pointing_game: Tensor
+
+
+def mass_inside(maps: Tensor, masks: Tensor) -> Tensor:
+    """Share of positive attribution mass inside boolean masks.
+
+    Args:
+        maps: (B, H, W); masks: (B, H, W) bool.
+
+    Returns:
+        (B,) in [0, 1] (0 for an all-zero map).
+    """
+    pos = maps.clamp_min(0).double()
+    total = pos.flatten(1).sum(1)
+    inside = (pos * masks.double()).flatten(1).sum(1)
+    return (inside / total.clamp_min(1e-12)).float()
+
+
+def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """1.0 where the arg-max pixel of the map lies inside the mask (first maximum on ties).
+
+    Args:
+        maps: (B, H, W); masks: (B, H, W) bool.
+    """
+    idx = maps.flatten(1).argmax(1)
+    return masks.flatten(1).gather(1, idx[:, None])[:, 0].float()
+
+
+def resize_masks(part_masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of integer part masks (B, h, w) to (B, H, W)."""
+    if tuple(part_masks.shape[-2:]) == tuple(size):
+        return part_masks
+    x = part_masks[:, None].float()
+    return F.interpolate(x, size=size, mode="nearest")[:, 0].to(part_masks.dtype)
+
+
+def part_masks_for(part_masks: Tensor, part_ids: Sequence[Sequence[int]]) -> Tensor:
+    """Boolean masks of the given part ids per image.
+
+    Args:
+        part_masks: (B, H, W) integer part index per pixel.
+        part_ids: per image, the part indices to include.
+
+    Returns:
+        (B, H, W) bool.
+    """
+    out = torch.zeros(part_masks.shape, dtype=torch.bool, device=part_masks.device)
+    for b, ids in enumerate(part_ids):
+        if len(ids):
+            out[b] = torch.isin(part_masks[b], torch.as_tensor(list(ids), device=part_masks.device))
+    return out
+
+
+def localisation(maps: Tensor, part_masks: Tensor, defining: Sequence[Sequence[int]],
+                 nuisance: Sequence[int]) -> Localisation:
+    """Localisation of attribution maps against part masks.
+
+    Args:
+        maps: (B, H, W) attributions.
+        part_masks: (B, h, w) integer part masks (resized to the maps with nearest neighbour).
+        defining: per image, the part indices that define its (predicted) class.
+        nuisance: part indices of the non-expression regions.
+    """
+    _check_maps(maps)
+    pm = resize_masks(part_masks.to(maps.device), tuple(maps.shape[-2:]))
+    inside = part_masks_for(pm, defining)
+    other = part_masks_for(pm, [list(nuisance)] * maps.shape[0])
+    return Localisation(mass_inside(maps, inside), mass_inside(maps, other), pointing_game(maps, inside))
+
+
+def synthfer_part_ids(label_names: Sequence[str], classes: Tensor) -> tuple[list[list[int]], list[int]]:
+    """Part indices defining each class (SynthFER's ``CLASS_PARTS``) and the nuisance part indices.
+
+    Args:
+        label_names: the run's class names.
+        classes: (B,) class indices (predicted or true).
+
+    Returns:
+        (defining part ids per image, nuisance part ids).
+    """
+    from train.data.synthfer import CLASS_PARTS, PART_NAMES
+
+    index = {name: i for i, name in enumerate(PART_NAMES)}
+    missing = [label_names[int(c)] for c in classes if label_names[int(c)] not in CLASS_PARTS]
+    if missing:
+        raise FerlensError(f"SynthFER has no part answer key for class '{missing[0]}'; localisation "
+                           "metrics need a model trained on SynthFER's label names.")
+    defining = [[index[p] for p in CLASS_PARTS[label_names[int(c)]] if p in index] for c in classes]
+    nuisance = [index[p] for p in NUISANCE_PARTS if p in index]
+    return defining, nuisance
+
+
+# ---------------------------------------------------------------------------------------- agreement
+def spearman(maps_a: Tensor, maps_b: Tensor) -> Tensor:
+    """Per-image Spearman rank correlation between two map batches (scipy).
+
+    Args:
+        maps_a, maps_b: (B, H, W).
+
+    Returns:
+        (B,) correlations (0 where a map is constant).
+    """
+    from scipy.stats import spearmanr
+
+    a = maps_a.detach().flatten(1).double().cpu().numpy()
+    b = maps_b.detach().flatten(1).double().cpu().numpy()
+    out = []
+    for x, y in zip(a, b):
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            out.append(0.0)
+        else:
+            out.append(float(spearmanr(x, y).statistic))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def topk_iou(maps_a: Tensor, maps_b: Tensor, k: float = 0.1) -> Tensor:
+    """IoU of the top-``k`` share of pixels of two map batches.
+
+    Args:
+        maps_a, maps_b: (B, H, W); k: share of pixels in (0, 1].
+
+    Returns:
+        (B,) IoU in [0, 1].
+    """
+    if not 0.0 < k <= 1.0:
+        raise FerlensError(f"top-k share must be in (0, 1], got {k}.")
+    n = max(1, int(round(k * maps_a[0].numel())))
+    ta = pixel_ranks(maps_a).flatten(1) < n
+    tb = pixel_ranks(maps_b).flatten(1) < n
+    return ((ta & tb).sum(1).float() / (ta | tb).sum(1).float())
+
+
+# ------------------------------------------------------------------------------------------- sanity
+def _reinit_(module: torch.nn.Module, seed: int) -> None:
+    """Re-draw every parameter of ``module``: torch's own ``reset_parameters`` for the layers that
+    define it (Linear, Conv, norms), N(0, 0.02) for parameters held directly by other modules
+    (CLS token, position embedding, layer scale)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+                continue
+            with torch.no_grad():
+                for p in m.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
+
+
+def randomisation_cascade(model: torch.nn.Module) -> list[str]:
+    """Module paths re-initialised by the cascade, top down: head, blocks L-1 .. 0, then the stem."""
+    names = ["head"] + [f"blocks.{i}" for i in reversed(range(len(model.blocks)))]
+    if hasattr(model, "stem"):
+        names.append("stem")
+    return names
+
+
+def cascading_randomisation(model: torch.nn.Module, images: Tensor,
+                            explain_fn: Callable[[torch.nn.Module, Tensor, Tensor], Tensor],
+                            targets: Tensor | None = None, seed: int = 0) -> list[dict]:
+    """Adebayo et al. (2018) model-parameter randomisation test, cascading from the top.
+
+    Args:
+        model: the trained model (left untouched; a copy is randomised).
+        images: (B, 3, H, W).
+        explain_fn: ``(model, images, targets) -> (B, H, W)`` maps.
+        targets: (B,) classes to explain (default: the original model's predictions, kept fixed).
+        seed: seed of the re-initialisation.
+
+    Returns:
+        Rows ``{"randomised": module path, "depth": k, "spearman": mean, "spearman_std": std}``, k = number
+        of modules re-initialised so far; a faithful method's correlation drops as k grows.
+    """
+    model = model.eval()
+    if targets is None:
+        with torch.no_grad():
+            targets = model(images).argmax(-1)
+    original = explain_fn(model, images, targets)
+    rand = copy.deepcopy(model).eval()
+    rows = []
+    for k, name in enumerate(randomisation_cascade(rand), start=1):
+        _reinit_(rand.get_submodule(name), seed + k)
+        rho = spearman(original, explain_fn(rand, images, targets))
+        rows.append({"randomised": name, "depth": k, "spearman": float(rho.mean()),
+                     "spearman_std": float(rho.std(unbiased=False))})
+    return rows
+
+
+# ------------------------------------------------------------------------------------- one table row
+def method_metrics(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
+                   part_masks: Tensor | None = None, label_names: Sequence[str] | None = None,
+                   steps: int = 16, baseline: Baseline = "blur", with_road: bool = False) -> dict[str, float]:
+    """The ``explain/attribution_metrics`` numbers of one method on one batch (means over images).
+
+    Args:
+        model: classifier.
+        images: (B, 3, H, W); maps: (B, H, W) in [0, 1]; targets: (B,) explained classes.
+        part_masks: (B, h, w) SynthFER part masks, or None (localisation columns are then NaN).
+        label_names: the run's class names (needed with ``part_masks``).
+        steps, baseline: deletion/insertion settings.
+        with_road: also compute pytorch-grad-cam's ROAD (slower: one sparse solve per image and percentile).
+
+    Returns:
+        ``{deletion_auc, insertion_auc, part_mass, nonpart_mass, pointing_game, n[, road]}``.
+    """
+    di = deletion_insertion(model, images, maps, targets, steps=steps, baseline=baseline)
+    row = {"deletion_auc": float(di.deletion_auc.mean()), "insertion_auc": float(di.insertion_auc.mean()),
+           "part_mass": float("nan"), "nonpart_mass": float("nan"), "pointing_game": float("nan"),
+           "n": int(images.shape[0])}
+    if part_masks is not None:
+        defining, nuisance = synthfer_part_ids(list(label_names), targets)
+        loc = localisation(maps, part_masks, defining, nuisance)
+        row.update(part_mass=float(loc.part_mass.mean()), nonpart_mass=float(loc.nonpart_mass.mean()),
+                   pointing_game=float(loc.pointing_game.mean()))
+    if with_road:
+        row["road"] = float(road(model, images, maps, targets).mean())
+    return row
+
+
+def agreement_rows(maps: dict[str, Tensor], k: float = 0.1) -> list[dict[str, float | str]]:
+    """Pairwise agreement of methods: mean Spearman correlation and top-k IoU over images.
+
+    Args:
+        maps: {method: (B, H, W)}.
+    """
+    names = list(maps)
+    return [{"method_a": a, "method_b": b, "spearman": float(spearman(maps[a], maps[b]).mean()),
+             "topk_iou": float(topk_iou(maps[a], maps[b], k).mean()), "k": k}
+            for i, a in enumerate(names) for b in names[i + 1:]]

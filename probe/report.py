@@ -1,0 +1,501 @@
+"""The findings report: every number is read from run artifacts, never typed in.
+
+``build_report(runs)`` computes the facts (a plain dict, also written as ``facts.json``) and lays them
+out as a small document that renders to Markdown (relative figure links) and to a self-contained
+HTML page (figures embedded as base64 PNG). Definitions used in the text:
+
+* **decodable layer** — the first layer (0 = token embedding, i = after block i) whose expression probe
+  accuracy closes ``DECODABLE_FRACTION`` (90%) of the gap between chance and that readout's best layer.
+* **selectivity** — probe accuracy minus the accuracy of the same probe on a control task with the same
+  label marginals (Hewitt & Liang), as written by ``probe linear``.
+* **intervention drop** — test accuracy after replacing the CLS token by its dataset mean after a block,
+  minus the unmodified model's accuracy (``probe intervene``).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from train.errors import FerlensError
+from train.io import atomic_write_json, atomic_write_text, read_json
+from train.runs import artifacts_root
+
+from .figures import (FIGURES, MissingArtifacts, RunInfo, efficiency_table, intervention_data, load_runs,
+                      probe_table, profile_data)
+
+DECODABLE_FRACTION = 0.9
+
+
+# ------------------------------------------------------------------------------------------ facts
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f}%"
+
+
+def _ci(lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    return f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def test_accuracy(run: RunInfo) -> dict[str, Any] | None:
+    """Test metrics of a run (metrics.json), or None when it has not been evaluated."""
+    path = run.file("metrics.json")
+    if not path.is_file():
+        return None
+    m = read_json(path)
+    ci = m.get("ci95", {})
+    return {"accuracy": _num(m.get("accuracy")), "accuracy_ci": ci.get("accuracy"),
+            "macro_f1": _num(m.get("macro_f1")), "macro_f1_ci": ci.get("macro_f1"),
+            "balanced_accuracy": _num(m.get("balanced_accuracy")), "ece": _num(m.get("ece")),
+            "n": m.get("n"), "split": m.get("split"), "data": m.get("data"),
+            "best_epoch": m.get("best_epoch"), "train_seconds": _num(m.get("train_seconds"))}
+
+
+def decodable_layer(rows: pd.DataFrame, fraction: float = DECODABLE_FRACTION) -> dict[str, Any] | None:
+    """First layer reaching ``chance + fraction × (best − chance)`` in one readout's accuracy curve.
+
+    Args:
+        rows: probe rows of one run, target and readout (columns layer, layer_index, value, lo, hi, chance).
+        fraction: share of the chance→best gap that counts as "decodable".
+    """
+    rows = rows[rows.layer_index >= 0].sort_values("layer_index")
+    if rows.empty:
+        return None
+    best = rows.loc[rows.value.idxmax()]
+    chance = float(rows.chance.dropna().iloc[0]) if rows.chance.notna().any() else 0.0
+    threshold = chance + fraction * (float(best.value) - chance)
+    first = rows[rows.value >= threshold - 1e-12].iloc[0]
+    return {"layer": first.layer, "layer_index": int(first.layer_index), "accuracy": float(first.value),
+            "ci": [float(first.lo), float(first.hi)], "threshold": threshold, "chance": chance,
+            "best_layer": best.layer, "best_layer_index": int(best.layer_index), "best_accuracy": float(best.value),
+            "best_ci": [float(best.lo), float(best.hi)], "n_layers": int(rows.layer_index.nunique())}
+
+
+def last_layer_keep(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per target at the deepest layer: CLS and patch accuracy (or R²), CI and selectivity."""
+    rows = rows[(rows.layer_index >= 0) & rows.tokens.isin(["cls", "patch"])]
+    out = []
+    for target, part in rows.groupby("target", sort=False):
+        last = part[part.layer_index == part.layer_index.max()]
+        rec: dict[str, Any] = {"target": target, "metric": last.metric.iloc[0], "layer": last.layer.iloc[0],
+                               "chance": _num(last.chance.iloc[0])}
+        for tokens in ("cls", "patch"):
+            r = last[last.tokens == tokens]
+            if len(r):
+                r = r.iloc[0]
+                rec[tokens] = {"value": _num(r.value), "ci": [_num(r.lo), _num(r.hi)],
+                               "selectivity": _num(r.selectivity)}
+        out.append(rec)
+    return sorted(out, key=lambda r: (r["target"] != "expression", r["target"]))
+
+
+def intervention_summary(df: pd.DataFrame) -> dict[str, Any] | None:
+    """Mean-ablation of the CLS token: the baseline, the drop per layer and the largest drop."""
+    mean = df[df["mode"] == "mean"].sort_values("layer_index")
+    if mean.empty:
+        return None
+    worst = mean.loc[mean.delta_accuracy.idxmin()]
+    last = mean.iloc[-1]
+    return {"baseline": float(mean.baseline_accuracy.iloc[0]),
+            "per_layer": [{"layer": r.layer, "layer_index": int(r.layer_index), "accuracy": float(r.accuracy),
+                           "delta": float(r.delta_accuracy)} for r in mean.itertuples()],
+            "worst_layer": worst.layer, "worst_layer_index": int(worst.layer_index),
+            "worst_delta": float(worst.delta_accuracy), "worst_accuracy": float(worst.accuracy),
+            "last_layer": last.layer, "last_delta": float(last.delta_accuracy)}
+
+
+def localisation(run: RunInfo) -> list[dict[str, Any]] | None:
+    """Rows of ``explain/attribution_metrics.csv`` (one per method)."""
+    path = run.file("explain/attribution_metrics.csv")
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    return [{k: (_num(v) if k != "method" else v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+def run_commands(run: RunInfo, demo_log: list[dict[str, Any]]) -> tuple[list[str], bool]:
+    """Commands that produced a run's artifacts: the demo's log, else rebuilt from config.json."""
+    logged = [" ".join(e["argv"]) for e in demo_log if run.name in e.get("runs", [])]
+    if logged:
+        return logged, True
+    cfg = run.config
+    model = cfg.get("model", {}).get("name", "MODEL")
+    spec = cfg.get("data", {}).get("spec", "SPEC")
+    name = run.name
+    return [f"train fit --model {model} --data {spec} --seed {cfg.get('seed', 0)} --run_name {name}",
+            f"probe extract --run {name} --data {spec} --split test",
+            f"probe linear --run {name} --tokens cls,patch --targets all",
+            f"probe cka --run {name}", f"probe umap --run {name}",
+            f"probe rollout --run {name} --data {spec}", f"probe gradcam --run {name} --data {spec}",
+            f"probe attribute --run {name} --data {spec}", f"probe intervene --run {name} --data {spec}",
+            f"train profile --run {name}"], False
+
+
+def collect_facts(runs: Sequence[RunInfo]) -> dict[str, Any]:
+    """Every number the report states, read from the runs' artifacts (missing parts are None)."""
+    facts: dict[str, Any] = {"runs": [r.name for r in runs], "labels": [r.label for r in runs],
+                             "decodable_fraction": DECODABLE_FRACTION, "per_run": {}, "missing": {}}
+    demo_log_path = artifacts_root() / "demo_commands.json"
+    demo_log = read_json(demo_log_path).get("commands", []) if demo_log_path.is_file() else []
+    for run in runs:
+        rec: dict[str, Any] = {"label": run.label, "model": run.config.get("model", {}),
+                               "data": run.config.get("data", {}).get("spec"), "test": test_accuracy(run)}
+        try:
+            probes = probe_table([run])
+        except MissingArtifacts as e:
+            probes = None
+            facts["missing"].setdefault("probes", []).append(str(e))
+        if probes is not None and not probes.empty:
+            expr = probes[(probes.target == "expression") & (probes.metric == "accuracy")]
+            rec["decodable"] = {t: decodable_layer(expr[expr.tokens == t]) for t in ("cls", "patch")
+                                if (expr.tokens == t).any()}
+            rec["keep"] = last_layer_keep(probes)
+        try:
+            rec["interventions"] = intervention_summary(intervention_data([run]))
+        except MissingArtifacts as e:
+            facts["missing"].setdefault("interventions", []).append(str(e))
+        rec["localisation"] = localisation(run)
+        if rec["localisation"] is None:
+            facts["missing"].setdefault("localisation", []).append(
+                f"{run.name}/explain/attribution_metrics.csv is missing; produce it with "
+                f"'probe rollout --run {run.name}' / 'probe gradcam' / 'probe attribute'.")
+        rec["commands"], rec["commands_logged"] = run_commands(run, demo_log)
+        rec["config"] = {k: run.config.get(k) for k in ("model", "data", "input", "train", "seed",
+                                                         "ferlens_version", "git_commit", "created")}
+        facts["per_run"][run.name] = rec
+    try:
+        table = efficiency_table(profile_data(runs))
+        base = table.iloc[0]
+        facts["efficiency"] = [{"variant": r.variant, "params_m": float(r.params_m), "gmacs": float(r.gmacs),
+                                "peak_throughput": float(r.peak_throughput), "peak_batch_size": int(r.peak_batch_size),
+                                "params_ratio": float(r.params_m / base.params_m),
+                                "macs_ratio": float(r.gmacs / base.gmacs),
+                                "throughput_ratio": float(r.throughput_ratio)} for r in table.itertuples()]
+    except MissingArtifacts as e:
+        facts["efficiency"] = None
+        facts["missing"]["efficiency"] = [str(e)]
+    return facts
+
+
+# --------------------------------------------------------------------------------------- document
+
+
+@dataclass
+class Doc:
+    """A tiny document model rendered to both Markdown and HTML (no Markdown library is a dependency)."""
+
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def bullets(self, items: list[str]) -> None:
+        if items:
+            self.blocks.append(("ul", items))
+
+    def table(self, columns: list[str], rows: list[list[str]]) -> None:
+        if rows:
+            self.blocks.append(("table", (columns, rows)))
+
+    def figure(self, path: Path, caption: str) -> None:
+        self.blocks.append(("fig", (path, caption)))
+
+    def code(self, text: str, lang: str = "") -> None:
+        self.blocks.append(("code", (lang, text)))
+
+    def markdown(self, base: Path) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                out.append("#" * value[0] + " " + value[1])
+            elif kind == "p":
+                out.append(value)
+            elif kind == "ul":
+                out.append("\n".join(f"- {item}" for item in value))
+            elif kind == "table":
+                cols, rows = value
+                lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+                lines += ["| " + " | ".join(r) + " |" for r in rows]
+                out.append("\n".join(lines))
+            elif kind == "fig":
+                path, caption = value
+                out.append(f"![{caption}]({Path(os.path.relpath(path, base)).as_posix()})\n\n*{caption}*")
+            elif kind == "code":
+                out.append(f"```{value[0]}\n{value[1]}\n```")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        body = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f"<h{value[0]}>{_inline(value[1])}</h{value[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{_inline(value)}</p>")
+            elif kind == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in value) + "</ul>")
+            elif kind == "table":
+                cols, rows = value
+                head = "".join(f"<th>{_inline(c)}</th>" for c in cols)
+                trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+            elif kind == "fig":
+                path, caption = value
+                data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+                body.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{_inline(caption)}</figcaption></figure>")
+            elif kind == "code":
+                body.append(f"<pre><code>{html.escape(value[1])}</code></pre>")
+        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+                f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+_CSS = ("body{font-family:'Liberation Sans',Arial,sans-serif;max-width:52em;margin:2em auto;padding:0 1em;"
+        "line-height:1.45;color:#111}table{border-collapse:collapse;margin:1em 0;font-size:.9em}"
+        "th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:left}th{border-bottom:2px solid #333}"
+        "figure{margin:1.5em 0}img{max-width:100%}figcaption{font-size:.9em;color:#444}"
+        "pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}code{font-size:.92em}")
+
+
+def _inline(text: str) -> str:
+    """Escape HTML and turn the Markdown we emit (**bold**, `code`) into tags."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+# ----------------------------------------------------------------------------------------- layout
+
+
+def _layer_name(index: int) -> str:
+    return "the token embedding (layer 0)" if index == 0 else f"layer {index} (after block {index - 1})"
+
+
+def _findings(facts: dict[str, Any], doc: Doc) -> None:
+    runs = facts["per_run"]
+    doc.heading("Test accuracy")
+    rows = []
+    for name, rec in runs.items():
+        t = rec["test"]
+        if t:
+            rows.append([f"**{rec['label']}**", f"{_pct(t['accuracy'])}{_ci(*(t['accuracy_ci'] or [None, None]))}",
+                         f"{_pct(t['macro_f1'])}{_ci(*(t['macro_f1_ci'] or [None, None]))}",
+                         _pct(t["balanced_accuracy"]), str(t["n"]), f"{t['train_seconds'] or 0:.0f} s"])
+    doc.table(["variant", "accuracy [95% CI]", "macro-F1 [95% CI]", "balanced acc.", "n test", "train time"], rows)
+    if not rows:
+        doc.para("No run has a metrics.json yet; evaluate with `train eval --run RUN`.")
+
+    doc.heading("When expression becomes linearly decodable")
+    doc.para(f"Definition: the decodable layer is the first layer whose expression probe accuracy closes "
+             f"{100 * facts['decodable_fraction']:.0f}% of the gap between chance and that readout's best layer "
+             f"(layer 0 = token embedding, layer i = residual stream after block i).")
+    sentences = []
+    for rec in runs.values():
+        dec = rec.get("decodable", {})
+        cls, patch = dec.get("cls"), dec.get("patch")
+        if cls:
+            s = (f"In **{rec['label']}**, expression becomes linearly decodable from the CLS token at "
+                 f"{_layer_name(cls['layer_index'])}: {_pct(cls['accuracy'])}{_ci(*cls['ci'])} "
+                 f"(chance {_pct(cls['chance'])}; best {_pct(cls['best_accuracy'])}{_ci(*cls['best_ci'])} at "
+                 f"layer {cls['best_layer_index']}).")
+            if patch:
+                s += (f" The mean patch token reaches its own criterion at layer {patch['layer_index']} "
+                      f"({_pct(patch['accuracy'])}{_ci(*patch['ci'])}) and peaks at "
+                      f"{_pct(patch['best_accuracy'])}{_ci(*patch['best_ci'])}.")
+            sentences.append(s)
+    doc.bullets(sentences)
+    if not sentences:
+        doc.para("No expression probes yet; run `probe linear --run RUN --tokens cls,patch --targets all`.")
+
+    doc.heading("What each token type keeps (last layer)")
+    for rec in runs.values():
+        keep = rec.get("keep")
+        if not keep:
+            continue
+        rows = []
+        for k in keep:
+            cells = [k["target"] + (" (R²)" if k["metric"] == "r2" else "")]
+            for tokens in ("cls", "patch"):
+                v = k.get(tokens)
+                if v is None:
+                    cells += ["–", "–"]
+                elif k["metric"] == "r2":
+                    cells += [f"{v['value']:.3f}" + (f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v["ci"][0] is not None else ""), "–"]
+                else:
+                    sel = v["selectivity"]
+                    cells += [f"{_pct(v['value'])}{_ci(*v['ci'])}", "–" if sel is None else f"{100 * sel:+.1f} pts"]
+            cells.append(_pct(k["chance"]) if k["chance"] is not None else "–")
+            rows.append(cells)
+        doc.para(f"**{rec['label']}** at {keep[0]['layer']}: probe accuracy [95% CI] and selectivity per target.")
+        doc.table(["target", "CLS", "CLS selectivity", "patch", "patch selectivity", "chance"], rows)
+        nuisance = [k for k in keep if k["target"] != "expression" and k["metric"] == "accuracy"]
+        lines = []
+        for tokens, title in (("cls", "CLS token"), ("patch", "mean patch token")):
+            have = [k for k in nuisance if k.get(tokens) and k[tokens]["selectivity"] is not None]
+            if have:
+                top = max(have, key=lambda k: k[tokens]["selectivity"])
+                lines.append(f"the {title} keeps most about **{top['target']}** "
+                             f"({_pct(top[tokens]['value'])}, selectivity {100 * top[tokens]['selectivity']:+.1f} pts)")
+        if lines:
+            doc.para(f"Among the non-expression factors of **{rec['label']}**, " + "; ".join(lines) + ".")
+    if not any(rec.get("keep") for rec in runs.values()):
+        doc.para("No attribute probes yet; run `probe linear --run RUN --tokens cls,patch --targets all`.")
+
+    doc.heading("CLS interventions")
+    sentences = []
+    for rec in runs.values():
+        iv = rec.get("interventions")
+        if iv:
+            sentences.append(
+                f"**{rec['label']}**: replacing the CLS token by its dataset mean drops test accuracy from "
+                f"{_pct(iv['baseline'])} to {_pct(iv['worst_accuracy'])} at {_layer_name(iv['worst_layer_index'])} "
+                f"(Δ = {100 * iv['worst_delta']:+.1f} pts, the largest drop); after the last block "
+                f"Δ = {100 * iv['last_delta']:+.1f} pts.")
+    doc.bullets(sentences)
+    if not sentences:
+        doc.para("No interventions yet; run `probe intervene --run RUN --data SPEC`.")
+
+    doc.heading("Localisation on the SynthFER answer key")
+    rows = []
+    for rec in runs.values():
+        for m in rec.get("localisation") or []:
+            rows.append([rec["label"], str(m.get("method")), _fmt(m.get("part_mass")), _fmt(m.get("pointing_game")),
+                         _fmt(m.get("deletion_auc")), _fmt(m.get("insertion_auc")), str(int(m["n"])) if m.get("n") else "–"])
+    doc.para("Part mass: share of positive attribution inside the parts that define the class; pointing game: "
+             "share of maps whose peak falls in those parts; deletion AUC lower and insertion AUC higher are better.")
+    doc.table(["variant", "method", "part mass", "pointing game", "deletion AUC", "insertion AUC", "n"], rows)
+    best = []
+    for rec in runs.values():
+        loc = [m for m in rec.get("localisation") or [] if m.get("part_mass") is not None]
+        if loc:
+            top = max(loc, key=lambda m: m["part_mass"])
+            best.append(f"in **{rec['label']}** {top['method']} puts the most mass on the defining parts "
+                        f"({_fmt(top['part_mass'])}, pointing game {_fmt(top.get('pointing_game'))})")
+    if best:
+        text = "; ".join(best)
+        doc.para(text[0].upper() + text[1:] + ".")
+
+    doc.heading("Efficiency")
+    eff = facts.get("efficiency")
+    if eff:
+        doc.table(["variant", "params (M)", "GMACs", "peak throughput (img/s)", "batch", "params ×", "MACs ×",
+                   "throughput ×"],
+                  [[e["variant"], f"{e['params_m']:.3f}", f"{e['gmacs']:.3f}", f"{e['peak_throughput']:,.0f}",
+                    str(e["peak_batch_size"]), f"{e['params_ratio']:.2f}", f"{e['macs_ratio']:.2f}",
+                    f"{e['throughput_ratio']:.2f}"] for e in eff])
+        if len(eff) > 1:
+            doc.para(f"Ratios are relative to **{eff[0]['variant']}**: " + "; ".join(
+                f"{e['variant']} has {e['params_ratio']:.2f}× the parameters, {e['macs_ratio']:.2f}× the MACs and "
+                f"{e['throughput_ratio']:.2f}× the peak inference throughput" for e in eff[1:]) + ".")
+    else:
+        doc.para("No profiles yet; run `train profile --run RUN`.")
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    v = _num(x)
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def build_document(facts: dict[str, Any], figures_dir: Path | None, title: str) -> Doc:
+    """Lay the facts out: findings, figures (those rendered for the same runs), commands, config."""
+    doc = Doc()
+    doc.heading(title, 1)
+    labels = ", ".join(f"**{v['label']}** (`{k}`)" for k, v in facts["per_run"].items())
+    doc.para(f"Runs: {labels}. Every number below is read from the runs' artifacts; 95% confidence "
+             "intervals in brackets.")
+    _findings(facts, doc)
+    figures = _figure_paths(figures_dir, facts["runs"]) if figures_dir else []
+    if figures:
+        doc.heading("Figures")
+        for path, caption in figures:
+            doc.figure(path, caption)
+    elif figures_dir:
+        doc.para(f"No figures for these runs in {figures_dir}; render them with "
+                 f"`probe figures --runs {','.join(facts['runs'])} --out {figures_dir}`.")
+    missing = [m for ms in facts["missing"].values() for m in ms]
+    if missing:
+        doc.heading("Missing artifacts")
+        doc.bullets(missing)
+    doc.heading("Reproduce")
+    for name, rec in facts["per_run"].items():
+        how = "as run by `make demo`" if rec["commands_logged"] else "rebuilt from config.json"
+        doc.para(f"**{rec['label']}** (`{name}`), commands {how}:")
+        doc.code("\n".join(rec["commands"]), "sh")
+        doc.para(f"Configuration of `{name}` (config.json):")
+        doc.code(json.dumps(rec["config"], indent=2, default=str), "json")
+    return doc
+
+
+def _figure_paths(figures_dir: Path, runs: list[str]) -> list[tuple[Path, str]]:
+    """PNG figures in ``figures_dir`` whose manifest says they were drawn for exactly these runs."""
+    manifest = figures_dir / "figures.json"
+    if not manifest.is_file():
+        return []
+    data = json.loads(manifest.read_text())
+    if data.get("runs") != runs:
+        return []
+    out = []
+    for fig in sorted(FIGURES.values(), key=lambda f: f.number):
+        entry = data.get("figures", {}).get(fig.name)
+        png = figures_dir / f"{fig.name}.png"
+        if entry and not entry.get("note") and png.is_file():
+            out.append((png, f"Figure {fig.number}: {fig.title}."))
+    return out
+
+
+@dataclass
+class Report:
+    """A rendered report and the facts it states."""
+
+    facts: dict[str, Any]
+    markdown: str
+    html: str
+
+
+def build_report(runs: Sequence[str | Path], out: str | Path, figures_dir: str | Path | None = None,
+                 title: str = "What CLS and patch tokens encode: findings") -> Report:
+    """Compute facts from the runs' artifacts and render Markdown + HTML for ``out``.
+
+    Args:
+        runs: run names or folders.
+        out: the report folder (Markdown links to figures are relative to it).
+        figures_dir: folder with ``probe figures`` output (default ``<artifacts>/figures``).
+        title: the report's first heading.
+    """
+    infos = load_runs(list(runs))
+    facts = collect_facts(infos)
+    fig_dir = Path(figures_dir) if figures_dir is not None else artifacts_root() / "figures"
+    doc = build_document(facts, fig_dir, title)
+    return Report(facts=facts, markdown=doc.markdown(Path(out)), html=doc.html(title))
+
+
+def write_report(report: Report, out: str | Path) -> dict[str, Path]:
+    """Write report.md, report.html and facts.json atomically into ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FerlensError(f"{out} is a file; pass a folder for --out, e.g. artifacts/reports/demo.")
+    return {"md": atomic_write_text(out / "report.md", report.markdown),
+            "html": atomic_write_text(out / "report.html", report.html),
+            "facts": atomic_write_json(out / "facts.json", report.facts)}

@@ -1,0 +1,97 @@
+"""The findings report states numbers read from artifacts (change an artifact → the text changes)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from probe import report as R
+
+_spec = importlib.util.spec_from_file_location("ferlens_test_figures", Path(__file__).with_name("test_figures.py"))
+fx = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fx)
+
+
+@pytest.fixture
+def runs(_artifacts_root) -> list[str]:
+    return fx.build_runs(_artifacts_root)
+
+
+def _linear(root: Path, run: str) -> Path:
+    return root / "runs" / run / "probes" / "linear.json"
+
+
+def test_report_numbers_come_from_artifacts(runs, _artifacts_root, tmp_path):
+    before = R.build_report(runs, tmp_path / "r", figures_dir=tmp_path / "none")
+    assert "93.0% [89.0, 96.0]" in before.markdown  # vit test accuracy and CI from metrics.json
+    dec = before.facts["per_run"]["vit_fx"]["decodable"]["cls"]
+    assert dec["layer_index"] == 3 and dec["best_accuracy"] == pytest.approx(0.93)
+    # Edit one probe accuracy in linear.json: the decodable layer and the sentence follow it.
+    path = _linear(_artifacts_root, "vit_fx")
+    rows = json.loads(path.read_text())
+    for row in rows:
+        if row["target"] == "expression" and row["tokens"] == "cls" and row["layer"] == "blocks.1":
+            row["metric"]["accuracy"] = 0.9123
+            row["ci95"]["accuracy"] = [0.8811, 0.9377]
+    path.write_text(json.dumps(rows))
+    after = R.build_report(runs, tmp_path / "r", figures_dir=tmp_path / "none")
+    assert after.markdown != before.markdown
+    dec = after.facts["per_run"]["vit_fx"]["decodable"]["cls"]
+    assert dec["layer_index"] == 2 and dec["accuracy"] == pytest.approx(0.9123)
+    assert "from the CLS token at layer 2 (after block 1): 91.2% [88.1, 93.8]" in after.markdown
+    assert "91.2% [88.1, 93.8]" in after.html
+
+
+def test_decodable_layer_definition():
+    rows = pd.DataFrame({"layer": ["tokens", "blocks.0", "blocks.1", "blocks.2"], "layer_index": [0, 1, 2, 3],
+                         "value": [0.2, 0.5, 0.85, 0.9], "lo": [0.1] * 4, "hi": [0.95] * 4, "chance": [0.1] * 4})
+    dec = R.decodable_layer(rows)
+    # threshold = 0.1 + 0.9 * (0.9 - 0.1) = 0.82 → first reached at layer 2
+    assert dec["threshold"] == pytest.approx(0.82) and dec["layer_index"] == 2 and dec["best_layer_index"] == 3
+
+
+def test_sections_state_selectivity_interventions_localisation_efficiency(runs, tmp_path):
+    rep = R.build_report(runs, tmp_path / "r", figures_dir=tmp_path / "none")
+    md = rep.markdown
+    cat = rep.facts["per_run"]["cat_fx"]
+    keep = {k["target"]: k for k in cat["keep"]}
+    assert keep["expression"]["patch"]["selectivity"] == pytest.approx(0.373 - (1 / 7 + 0.05), abs=1e-3)
+    assert "| expression | 91.0% [88.0, 94.0] | +71.7 pts | 37.3% [34.3, 40.3] | +18.0 pts | 14.3% |" in md
+    iv = rep.facts["per_run"]["vit_fx"]["interventions"]
+    assert iv["worst_layer_index"] == 0 and iv["baseline"] == pytest.approx(0.93)
+    assert "drops test accuracy from 93.0% to 37.2%" in md
+    assert "| cataftermlp | ig | 0.600 | 0.800 | 0.250 | 0.650 | 64 |" in md
+    assert "cataftermlp has 0.77× the parameters, 0.77× the MACs and 1.30× the peak inference throughput" in md
+    assert "train fit --model ferlens_tiny_vit_s3 --data synthfer:size=32,n=140,seed=0" in md
+    assert '"lr": 0.0004' in md  # the config block comes from config.json
+    assert "No figures for these runs" in md
+
+
+def test_missing_artifacts_are_named(runs, _artifacts_root, tmp_path):
+    (_artifacts_root / "runs" / "cat_fx" / "explain" / "interventions.csv").unlink()
+    (_artifacts_root / "runs" / "vit_fx" / "profile.json").unlink()
+    rep = R.build_report(runs, tmp_path / "r", figures_dir=tmp_path / "none")
+    assert "probe intervene --run cat_fx" in rep.markdown
+    assert "train profile --run vit_fx" in rep.markdown
+    assert "**vit**: replacing the CLS token" in rep.markdown  # the other run's section is still there
+
+
+def test_cli_writes_self_contained_html_with_figures(runs, _artifacts_root, tmp_path, capsys):
+    from probe.cli import main
+    from probe.figures import render_figures
+
+    figs = _artifacts_root / "figures"
+    render_figures(runs, figs, only=[1, 8], formats=("png",))
+    out = tmp_path / "rep"
+    assert main(["report", "--runs", ",".join(runs), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "fig1_probe_accuracy.png" in md and "fig8_training_curves.png" in md
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    assert json.loads((out / "facts.json").read_text())["runs"] == runs
+    # The link in report.md resolves from the report folder.
+    link = md.split("](", 1)[1].split(")", 1)[0]
+    assert (out / link).resolve().is_file()
