@@ -10,12 +10,20 @@ import streamlit as st
 alt.data_transformers.disable_max_rows()
 
 HEIGHT = 300
+# Okabe–Ito: distinct for the common colour-vision deficiencies (the palette of the paper figures)
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000"]
+
+
+def colour(field: str, title: str | None = None, legend: bool = True, n: int = 0) -> alt.Color:
+    """Nominal colour encoding with the Okabe–Ito palette (tableau20 when more than 8 categories)."""
+    scale = alt.Scale(range=PALETTE) if n <= len(PALETTE) else alt.Scale(scheme="tableau20")
+    return alt.Color(f"{field}:N", title=title or field, scale=scale, legend=alt.Legend() if legend else None)
 
 
 def line_with_ci(df: pd.DataFrame, *, x: str, y: str, lo: str | None = None, hi: str | None = None,
                  color: str = "run", dash: str | None = None, chance: float | None = None,
                  x_title: str | None = None, y_title: str | None = None,
-                 tooltip: list[str] | None = None) -> alt.LayerChart:
+                 tooltip: list[str] | None = None, x_sort: list | None = None) -> alt.LayerChart:
     """Lines (one per ``color`` × ``dash``) with a 95% CI band (mark_area) and an optional chance rule.
 
     Args:
@@ -24,21 +32,25 @@ def line_with_ci(df: pd.DataFrame, *, x: str, y: str, lo: str | None = None, hi:
         color: column that picks the line colour (usually the run).
         dash: column mapped to stroke dash (e.g. tokens cls/patch).
         chance: y value of a dashed grey chance line.
+        x_sort: when given, x is ordinal in this order (e.g. layer names); otherwise quantitative.
     """
-    enc_x = alt.X(f"{x}:Q", title=x_title or x, axis=alt.Axis(tickMinStep=1))
+    if x_sort is not None:
+        enc_x = alt.X(f"{x}:O", title=x_title or x, sort=x_sort, axis=alt.Axis(labelAngle=0))
+    else:
+        enc_x = alt.X(f"{x}:Q", title=x_title or x, axis=alt.Axis(tickMinStep=1))
     base = alt.Chart(df)
     layers = []
     detail = [color] + ([dash] if dash else [])
     if lo and hi:
         band = base.mark_area(opacity=0.18).encode(
             x=enc_x, y=alt.Y(f"{lo}:Q", title=y_title or y), y2=f"{hi}:Q",
-            color=alt.Color(f"{color}:N", legend=None), detail=[alt.Detail(f"{d}:N") for d in detail])
+            color=colour(color, legend=False), detail=[alt.Detail(f"{d}:N") for d in detail])
         layers.append(band)
     line_enc = dict(x=enc_x, y=alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(zero=False)),
-                    color=alt.Color(f"{color}:N", title=color),
+                    color=colour(color),
                     tooltip=tooltip or [c for c in df.columns if df[c].dtype != object or c in detail][:10])
     if dash:
-        line_enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash)
+        line_enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash, legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2, symbolSize=300))
     layers.append(base.mark_line(point=True).encode(**line_enc))
     if chance is not None and pd.notna(chance):
         rule = alt.Chart(pd.DataFrame({"chance": [float(chance)]})).mark_rule(
@@ -49,13 +61,15 @@ def line_with_ci(df: pd.DataFrame, *, x: str, y: str, lo: str | None = None, hi:
 
 def heatmap(df: pd.DataFrame, *, x: str, y: str, value: str, title: str = "",
             x_sort: list | None = None, y_sort: list | None = None, scheme: str = "viridis",
-            domain: tuple[float, float] | None = None, size: int = 260) -> alt.LayerChart:
+            domain: tuple[float, float] | None = None, size: int = 260, x_title: str | None = None,
+            y_title: str | None = None) -> alt.LayerChart:
     """A rect heatmap with the value written in each cell (text colour flips at the scale's middle)."""
     lo, hi = domain if domain else (float(df[value].min()), float(df[value].max()))
     mid = (lo + hi) / 2
     dark_high = scheme in ("blues", "greens", "reds", "purples", "greys", "oranges")
     scale = alt.Scale(scheme=scheme, domain=list(domain)) if domain else alt.Scale(scheme=scheme)
-    enc = dict(x=alt.X(f"{x}:N", sort=x_sort, title=x), y=alt.Y(f"{y}:N", sort=y_sort, title=y))
+    enc = dict(x=alt.X(f"{x}:N", sort=x_sort, title=x_title or x, axis=alt.Axis(labelOverlap=False)),
+               y=alt.Y(f"{y}:N", sort=y_sort, title=y_title or y, axis=alt.Axis(labelOverlap=False)))
     rect = alt.Chart(df).mark_rect().encode(**enc, color=alt.Color(f"{value}:Q", scale=scale),
                                             tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
     text = alt.Chart(df).mark_text(fontSize=9).encode(
@@ -67,16 +81,20 @@ def heatmap(df: pd.DataFrame, *, x: str, y: str, value: str, title: str = "",
 
 def scatter(df: pd.DataFrame, *, x: str, y: str, color: str, tooltip: list[str]) -> alt.Chart:
     """Embedding scatter coloured by ``color`` (nominal unless float-valued)."""
-    kind = "Q" if pd.api.types.is_float_dtype(df[color]) else "N"
+    if pd.api.types.is_float_dtype(df[color]):
+        enc = alt.Color(f"{color}:Q", title=color, scale=alt.Scale(scheme="viridis"))
+    else:
+        enc = colour(color, n=df[color].nunique())
     return alt.Chart(df).mark_circle(size=28, opacity=0.8).encode(
         x=alt.X(f"{x}:Q", axis=None), y=alt.Y(f"{y}:Q", axis=None),
-        color=alt.Color(f"{color}:{kind}", title=color), tooltip=tooltip).properties(height=380).interactive()
+        color=enc, tooltip=tooltip).properties(height=380).interactive()
 
 
 def bars(df: pd.DataFrame, *, x: str, y: str, color: str | None = None, highlight: str | None = None,
-         height: int = 160) -> alt.Chart:
+         height: int = 170) -> alt.Chart:
     """Horizontal bars (e.g. class probabilities); ``highlight`` names a boolean column drawn darker."""
-    enc = dict(x=alt.X(f"{x}:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y(f"{y}:N", sort=None, title=None),
+    enc = dict(x=alt.X(f"{x}:Q", scale=alt.Scale(domain=[0, 1])),
+               y=alt.Y(f"{y}:N", sort=None, title=None, axis=alt.Axis(labelOverlap=False)),
                tooltip=[y, alt.Tooltip(f"{x}:Q", format=".3f")])
     if highlight:
         enc["color"] = alt.condition(f"datum.{highlight}", alt.value("#d62728"), alt.value("#9ecae1"))
@@ -101,7 +119,7 @@ def _svg(spec: dict) -> bytes:
     return vlc.vegalite_to_svg(spec).encode("utf-8")
 
 
-def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str, *, key: str) -> None:
+def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str, *, key: str, stretch: bool = True) -> None:
     """Render a chart with PNG / SVG / CSV download buttons (images rendered only when clicked).
 
     Args:
@@ -109,16 +127,17 @@ def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str, *, key: 
         data: the tidy frame behind it (the CSV download).
         name: file stem for the downloads.
         key: unique widget key prefix.
+        stretch: fill the column width (False keeps the chart's own size, e.g. square heatmaps).
     """
-    st.altair_chart(chart, width="stretch", key=f"{key}_chart")
+    st.altair_chart(chart, width="stretch" if stretch else "content", key=f"{key}_chart")
     spec = chart.to_dict()
     stem = _slug(name)
-    c1, c2, c3, _ = st.columns([1, 1, 1, 5])
-    c1.download_button("PNG", data=lambda: _png(spec), file_name=f"{stem}.png", mime="image/png",
+    row = st.container(horizontal=True, gap="small")
+    row.download_button("PNG", data=lambda: _png(spec), file_name=f"{stem}.png", mime="image/png",
                        key=f"{key}_png", on_click="ignore")
-    c2.download_button("SVG", data=lambda: _svg(spec), file_name=f"{stem}.svg", mime="image/svg+xml",
+    row.download_button("SVG", data=lambda: _svg(spec), file_name=f"{stem}.svg", mime="image/svg+xml",
                        key=f"{key}_svg", on_click="ignore")
-    c3.download_button("CSV", data=lambda: data.to_csv(index=False).encode(), file_name=f"{stem}.csv",
+    row.download_button("CSV", data=lambda: data.to_csv(index=False).encode(), file_name=f"{stem}.csv",
                        mime="text/csv", key=f"{key}_csv", on_click="ignore")
 
 

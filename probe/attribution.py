@@ -121,11 +121,13 @@ class ClsNorm(nn.Module):
         return feats.norm(dim=-1, keepdim=True)
 
 
-def resolve_targets(model: nn.Module, images: Tensor, target: Target) -> tuple[nn.Module, Tensor]:
+def resolve_targets(model: nn.Module, images: Tensor, target: Target) -> tuple[nn.Module, Tensor | None]:
     """The scoring module and (B,) output indices to explain.
 
     Returns:
-        (model, classes) for class targets (None → predicted class); (ClsNorm(model), zeros) for "cls".
+        (model, classes) for class targets; (model, None) for the predicted class — each method then
+        takes the arg-max of the forward pass it runs anyway, so no extra forward is spent;
+        (ClsNorm(model), zeros) for "cls".
     """
     b = images.shape[0]
     if isinstance(target, str):
@@ -133,8 +135,7 @@ def resolve_targets(model: nn.Module, images: Tensor, target: Target) -> tuple[n
             raise FerlensError(f"Unknown target '{target}'; pass a class index, None (predicted class) or 'cls'.")
         return ClsNorm(model), torch.zeros(b, dtype=torch.long, device=images.device)
     if target is None:
-        with torch.no_grad():
-            return model, model(images).argmax(-1)
+        return model, None
     t = torch.as_tensor(target, dtype=torch.long, device=images.device).flatten()
     if t.numel() == 1:
         t = t.expand(b)
@@ -144,9 +145,16 @@ def resolve_targets(model: nn.Module, images: Tensor, target: Target) -> tuple[n
     return model, t
 
 
+def predicted(scorer: nn.Module, images: Tensor) -> Tensor:
+    """(B,) arg-max classes of one no-grad forward."""
+    with torch.no_grad():
+        return scorer(images).argmax(-1)
+
+
 # ---------------------------------------------------------------------------------------- base
 class Attribution:
-    """Base of all methods: ``__call__(images, targets) -> (B, h, w)`` raw maps (any resolution).
+    """Base of all methods: ``__call__(images, targets, scorer) -> (B, h, w)`` raw maps (any resolution);
+    ``targets`` None means the predicted class of ``scorer``.
 
     Attributes:
         needs_attention: the method reads ``blocks.{i}.attn`` hook points.
@@ -169,7 +177,7 @@ class Attribution:
     def attn_names(self) -> list[str]:
         return [f"blocks.{i}.attn" for i in range(len(self.model.blocks))]
 
-    def __call__(self, images: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         raise FerlensError(f"{type(self).__name__} is an abstract attribution; pick one of {', '.join(METHODS)}.")
 
 
@@ -178,7 +186,7 @@ class Rollout(Attribution):
 
     needs_attention = True
 
-    def __call__(self, images: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         from .cache import run_with_cache
 
         names = self.attn_names()
@@ -195,12 +203,14 @@ class GradRollout(Attribution):
 
     needs_attention = True
 
-    def __call__(self, images: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         from .cache import hooked
 
         names = self.attn_names()
         with torch.enable_grad(), hooked(self.model, names, requires_grad=True) as cache:
-            score = scorer(images).gather(1, targets[:, None]).sum()
+            out = scorer(images)                                          # (B, C)
+            targets = out.argmax(-1) if targets is None else targets
+            score = out.gather(1, targets[:, None]).sum()
             attns = [cache[n] for n in names]
             grads = torch.autograd.grad(score, attns, allow_unused=True)
         grads = [torch.zeros_like(a) if g is None else g for a, g in zip(attns, grads)]
@@ -214,7 +224,7 @@ class ClsAttention(Attribution):
 
     needs_attention = True
 
-    def __call__(self, images: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         from .cache import run_with_cache
 
         names = self.attn_names()
@@ -238,7 +248,7 @@ class CAM(Attribution):
 
     cam_name: ClassVar[str] = "GradCAM"
 
-    def __call__(self, images: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -250,7 +260,8 @@ class CAM(Attribution):
             cam.batch_size = int(self.options["batch_size"])
         try:
             with torch.enable_grad():
-                maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+                maps = cam(input_tensor=images, targets=None if targets is None else
+                           [ClassifierOutputTarget(int(t)) for t in targets])   # None: grad-cam's arg-max
         finally:
             cam.activations_and_grads.release()
         return torch.from_numpy(maps).to(images.device)                  # (B, H, W)
@@ -277,13 +288,14 @@ class Captum(Attribution):
             algo = captum.attr.NoiseTunnel(algo)
             kwargs.update(nt_type="smoothgrad", nt_samples=nt, stdevs=float(self.options.get("stdevs", 0.15)),
                           nt_samples_batch_size=self.options.get("internal_batch_size"))
+        targets = predicted(scorer, images) if targets is None else targets
         with torch.enable_grad():
             return algo.attribute(images, target=targets, **kwargs)
 
     def captum_kwargs(self, images: Tensor) -> dict[str, Any]:
         return {}
 
-    def __call__(self, images: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         return self.attribute_pixels(images, targets, scorer).sum(1)     # (B, H, W)
 
 
@@ -324,7 +336,7 @@ class Occlusion(Captum):
         return {"sliding_window_shapes": (3, ph, pw), "strides": (3, ph, pw), "baselines": 0.0,
                 "perturbations_per_eval": int(self.options.get("internal_batch_size") or 16)}
 
-    def __call__(self, images: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+    def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         return self.attribute_pixels(images, targets, scorer).mean(1)    # same value on all channels
 
 

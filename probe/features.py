@@ -616,3 +616,23 @@ def ensure_features(run: str | os.PathLike, spec: str | None = None, split: str 
     """Extract when missing or stale, then open: the one call ``probe linear``/``cka``/``umap`` use."""
     folder = extract_to_disk(run, spec, split, **kwargs)
     return open_folder(folder)
+
+
+def random_init_run(run: str | os.PathLike, seed: int = 0) -> Path:
+    """A run folder holding an untrained, seed-initialised copy of ``run``'s architecture.
+
+    Written once to ``<run>/baselines/random-init-s<seed>/`` (config copied, weights from
+    ``torch.manual_seed(seed)``), so its features are extracted and cached like any run's.
+    """
+    import torch
+
+    from train.runs import build_model, resolve_run, save_run
+
+    run_dir = resolve_run(run)
+    out = run_dir / "baselines" / f"random-init-s{seed}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    config = read_json(run_dir / "config.json")
+    torch.manual_seed(seed)
+    model = build_model(config)
+    return save_run(out, model, {**config, "baseline": {"kind": "random-init", "seed": seed, "of": run_dir.name}})

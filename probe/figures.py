@@ -474,7 +474,7 @@ def chart_efficiency(df: pd.DataFrame) -> alt.TopLevelMixin:
     grid = alt.Chart(pd.DataFrame(cells)).mark_text(fontSize=8).encode(
         x=alt.X("column:N", sort=cols, title=None, axis=alt.Axis(orient="top", labelAngle=0, domain=False, ticks=False)),
         y=alt.Y("variant:N", sort=variants, title=None, axis=alt.Axis(domain=False, ticks=False)),
-        text="text:N").properties(width=alt.Step(58), height=alt.Step(16))
+        text="text:N").properties(width=alt.Step(58), height=alt.Step(16), view=alt.ViewBackground(stroke=None))
     return alt.hconcat(line, grid).resolve_scale(color="independent")
 
 

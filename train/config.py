@@ -67,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     workers: int = 0
+    threads: int = 0                            # torch CPU threads; 0 = leave torch's default
     device: str = "auto"                        # auto | cpu | cuda | cuda:1
     # --- NaN guard
     nan_max_consecutive: int = 3                # K non-finite steps in a row → roll back
@@ -91,7 +92,7 @@ class TrainConfig:
 
 
 # Fields a resumed run may change: they do not alter the numbers it computes.
-RUNTIME_FIELDS = {"resume", "workers", "device", "tensorboard", "out", "overwrite"}
+RUNTIME_FIELDS = {"resume", "workers", "threads", "device", "tensorboard", "out", "overwrite"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("cosine", "plateau", "exponential", "step", "constant"),
     "class_weights": ("none", "balanced"),

@@ -86,12 +86,21 @@ def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
 
 
 # ============================================================================ reproducibility
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; optionally make torch kernels deterministic."""
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
+
+
+def set_deterministic(device: torch.device) -> None:
+    """Deterministic kernels on CUDA (cuDNN autotuning off, cuBLAS workspace fixed).
+
+    The CPU kernels used here are deterministic already; ``use_deterministic_algorithms`` is only
+    switched on for CUDA because it imports torch's compiler stack (seconds of start-up on CPU).
+    """
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -647,12 +656,16 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
     from .metrics import classification_report
 
     run_dir = _plan_on_rank0(cfg, info)                      # raises before anything is written
-    seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        set_deterministic(info.device)
+    seed_everything(cfg.seed)
     splits = load_splits(cfg.data)
     model = build_model(cfg, splits["train"].num_classes).to(info.device)
     set_transforms(splits, model, cfg)
     config = run_config(cfg, model, splits["train"])
-    seed_everything(cfg.seed + info.rank, cfg.deterministic)  # per-rank augmentation streams
+    seed_everything(cfg.seed + info.rank)                    # per-rank augmentation streams
     generator = torch.Generator().manual_seed(cfg.seed + info.rank)
     loader = train_loader(splits["train"], cfg, info, generator)
     if len(loader) == 0:
@@ -680,7 +693,12 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
         result = train_one_epoch(t, loader, cfg)
         bad = result.diverged or _nonfinite_weights(t)
         if bad:
-            factor = t.guard.rollback(t.epoch + 1, t.step, bad, t.lr)   # raises when none are left
+            try:
+                factor = t.guard.rollback(t.epoch + 1, t.step, bad, t.lr)   # raises when none are left
+            except FerlensError:
+                if info.is_main and run_dir.is_dir():
+                    atomic_write_csv(run_dir / "nan_events.csv", [e.as_row() for e in t.guard.events])
+                raise
             t.load_state_dict(good)
             scale_lr(t.optimizer, t.scheduler, factor)
             if info.is_main:

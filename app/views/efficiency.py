@@ -24,7 +24,7 @@ def profile_frames(profiles: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFram
 def throughput_chart(df: pd.DataFrame, y: str) -> alt.Chart:
     return alt.Chart(df).mark_line(point=True).encode(
         x=alt.X("batch_size:Q", scale=alt.Scale(type="log", base=2), title="batch size"),
-        y=alt.Y(f"{y}:Q", title=y), color="run:N",
+        y=alt.Y(f"{y}:Q", title=y), color=charts.colour("run"),
         tooltip=["run", "batch_size", "throughput", "latency_ms", "peak_mem_mb"]).properties(height=300)
 
 

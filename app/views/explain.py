@@ -41,7 +41,8 @@ def dataset_image_ui(spec: str, split: str) -> tuple[Image.Image, np.ndarray | N
             st.error(str(e))
         else:
             st.image([explainer.upscale(np.asarray(image), 160), explainer.upscale(np.asarray(cf), 160)],
-                     caption=[f"original ({factor} = {_fmt(factors[factor])})", f"counterfactual ({factor} = {_fmt(value)})"])
+                     caption=[f"original ({factor} = {_fmt(factors[factor])})", f"counterfactual ({factor} = {_fmt(value)})"],
+                     width=160)
             image, caption = cf, f"{caption} · counterfactual {factor} = {_fmt(value)}"
     return image, mask, caption
 
@@ -112,7 +113,7 @@ def run_column(run: Path, image: Image.Image, methods: list[str], target_name: s
         captions.append(f"{TITLES[method]}{where} → {label_names[target]}" if method in ("gradcam", "ig")
                         else f"{TITLES[method]}{where}")
     if images:
-        st.image(images, caption=captions, width=180)
+        st.image(images, caption=captions, width=170)
 
 
 def _attention_ui(model, k: int) -> tuple[str, int | None]:
@@ -147,13 +148,18 @@ def main() -> None:
     image, mask, caption = chosen
     top = [explainer.upscale(np.asarray(image.convert("RGB")), 160)]
     captions = [caption]
+    legend = ""
     if mask is not None:
         top.append(explainer.upscale(explainer.colour_mask(mask), 160))
         from train.data.synthfer import PART_NAMES
 
-        present = [PART_NAMES[i] for i in np.unique(mask) if i < len(PART_NAMES)]
-        captions.append("part mask: " + ", ".join(present))
-    st.image(top, caption=captions)
+        present = [int(i) for i in np.unique(mask) if i < len(PART_NAMES)]
+        captions.append("part mask: " + ", ".join(PART_NAMES[i] for i in present))
+        legend = " ".join(f'<span style="background:rgb{tuple(int(c) for c in explainer.PART_COLOURS[i])};'
+                          f'padding:0 7px;margin-right:3px;border-radius:2px"></span>{PART_NAMES[i]}' for i in present)
+    st.image(top, caption=captions, width=160)
+    if legend:
+        st.html(f'<div style="font-size:0.8rem">{legend}</div>')
     cols = st.columns(len(runs))
     for k, run in enumerate(runs):
         with cols[k]:

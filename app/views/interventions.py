@@ -28,7 +28,8 @@ def main() -> None:
     if d.empty:
         st.info("Pick at least one mode with per-layer rows.")
         return
-    chart = charts.line_with_ci(d, x="layer_index", y=metric, dash="mode", x_title="intervened after blocks.i",
+    order = list(d.drop_duplicates("layer").sort_values("layer_index")["layer"])
+    chart = charts.line_with_ci(d, x="layer", y=metric, dash="mode", x_sort=order, x_title="CLS replaced after",
                                 y_title=metric, tooltip=["run", "layer", "mode", "accuracy", "delta_accuracy", "n"])
     charts.show_chart(chart, d, f"interventions_{metric}", key="int_chart")
     charts.show_table(df.drop(columns=["layer_index"]), "interventions", key="int_table")

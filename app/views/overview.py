@@ -43,11 +43,12 @@ def metric_frame(metrics: dict) -> pd.DataFrame:
 
 
 def metric_chart(df: pd.DataFrame) -> alt.LayerChart:
-    base = alt.Chart(df).encode(y=alt.Y("run:N", title=None), color=alt.Color("run:N", legend=None))
+    base = alt.Chart(df).encode(y=alt.Y("run:N", title=None), color=charts.colour("run", legend=False))
     err = base.mark_errorbar(ticks=True).encode(x=alt.X("lo:Q", title="score (95% CI)", scale=alt.Scale(zero=False)),
                                                 x2="hi:Q")
     pts = base.mark_point(filled=True, size=70).encode(x="value:Q", tooltip=["run", "metric", "value", "lo", "hi"])
-    return alt.layer(err, pts).properties(height=40 + 24 * df["run"].nunique()).facet(column="metric:N")
+    return alt.layer(err, pts).properties(height=40 + 24 * df["run"].nunique(), width=320).facet(
+        column=alt.Column("metric:N", title=None))
 
 
 def history_frame(histories: dict) -> pd.DataFrame:
@@ -106,8 +107,8 @@ def main() -> None:
                 df = confusion_frame(run, m)
                 names = m.get("label_names")
                 chart = charts.heatmap(df, x="predicted", y="true", value="rate", title=run, x_sort=names,
-                                       y_sort=names, scheme="blues", domain=(0, 1))
-                charts.show_chart(chart, df, f"confusion_{run}", key=f"ov_cm_{k}")
+                                       y_sort=names, scheme="blues", domain=(0, 1), size=300)
+                charts.show_chart(chart, df, f"confusion_{run}", key=f"ov_cm_{k}", stretch=False)
 
 
 main()

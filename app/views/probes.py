@@ -45,15 +45,15 @@ def main() -> None:
         return
     metric = d["metric"].iloc[0]
     tooltip = ["run", "layer", "tokens", "score", "lo", "hi", "selectivity"]
+    order = list(d.drop_duplicates("layer").sort_values("layer_index")["layer"])
     if view == "score":
         chance = d["chance"].dropna()
-        chart = charts.line_with_ci(d, x="layer_index", y="score", lo="lo", hi="hi", dash="tokens",
+        chart = charts.line_with_ci(d, x="layer", y="score", lo="lo", hi="hi", dash="tokens", x_sort=order,
                                     chance=chance.iloc[0] if metric == "accuracy" and len(chance) else None,
-                                    x_title="layer (−1 stem, 0 tokens, i+1 blocks.i)",
                                     y_title=f"{target} {metric}", tooltip=tooltip)
     else:
-        chart = charts.line_with_ci(d.dropna(subset=["selectivity"]), x="layer_index", y="selectivity",
-                                    dash="tokens", x_title="layer", y_title=f"{target} selectivity (probe − control)",
+        chart = charts.line_with_ci(d.dropna(subset=["selectivity"]), x="layer", y="selectivity", x_sort=order,
+                                    dash="tokens", y_title=f"{target} selectivity (probe − control)",
                                     tooltip=tooltip)
     charts.show_chart(chart, d, f"probes_{target}_{view}", key="pr_chart")
     st.subheader("Table")

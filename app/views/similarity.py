@@ -14,6 +14,14 @@ def cka_frame(run: str, matrix: dict) -> pd.DataFrame:
                          for j, y in enumerate(matrix["y_labels"]) for i, x in enumerate(matrix["x_labels"])])
 
 
+def axis_titles(name: str) -> tuple[str, str]:
+    """('cls layer', 'patch layer') for 'cls_vs_patch'; ('runA layer', 'runB layer') for 'runA_vs_runB_cls'."""
+    left, _, right = name.partition("_vs_")
+    if not right:
+        return "layer", "layer"
+    return f"{left} layer", f"{right} layer"
+
+
 def main() -> None:
     sel = selection()
     st.title("Similarity")
@@ -34,9 +42,11 @@ def main() -> None:
                 continue
             df = cka_frame(run, m)
             with cols[k % len(cols)]:
+                y_title, x_title = axis_titles(m["name"])
                 chart = charts.heatmap(df, x="x", y="y", value="value", title=f"{run}: {m['name']}",
-                                       x_sort=m["x_labels"], y_sort=m["y_labels"], domain=(0, 1))
-                charts.show_chart(chart, df, f"cka_{run}_{m['name']}", key=f"sim_chart_{k}")
+                                       x_sort=m["x_labels"], y_sort=m["y_labels"], domain=(0, 1),
+                                       x_title=x_title, y_title=y_title)
+                charts.show_chart(chart, df, f"cka_{run}_{m['name']}", key=f"sim_chart_{k}", stretch=False)
             k += 1
     if k == 0:
         st.info("Pick at least one matrix.")

@@ -46,8 +46,8 @@ def test_fit_on_rafdb_fixture(tmp_path, _artifacts_root):
 
     n_test = write_rafdb_fixture(tmp_path / "RAF-DB")
     spec = f"rafdb:{tmp_path / 'RAF-DB'}"
-    rc = main(["fit", "--model", "ferlens_tiny_vit_s3", "--data", spec, "--epochs", "1", "--batch_size", "8",
-               "--eval_batch_size", "16", "--img_size", "64", "--bootstrap", "50", "--run_name", "rafdb-fixture"])
+    rc = main(["fit", "--model", "ferlens_tiny_vit_s3", "--data", spec, "--epochs", "1", "--batch_size", "16",
+               "--eval_batch_size", "32", "--img_size", "48", "--bootstrap", "50", "--run_name", "rafdb-fixture"])
     assert rc == 0
     runs = list_runs()
     assert [r.name for r in runs] == ["rafdb-fixture"]

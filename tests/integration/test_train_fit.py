@@ -16,7 +16,8 @@ pytest.importorskip("train.data.synthfer")
 DATA = "synthfer:size=32,n=70"
 TINY = ["--model", "ferlens_tiny_vit_s3", "--data", DATA, "--img_size", "32", "--model_kwargs.depth", "1",
         "--model_kwargs.embed_dim", "32", "--model_kwargs.num_heads", "2", "--epochs", "2", "--batch_size", "16",
-        "--eval_batch_size", "64", "--bootstrap", "50", "--warmup_epochs", "0", "--run_name", "tiny"]
+        "--eval_batch_size", "64", "--bootstrap", "50", "--warmup_epochs", "0", "--run_name", "tiny",
+        "--threads", "1"]
 
 
 def _files(root):

@@ -525,7 +525,7 @@ def _glasses(cv: _Canvas, f, tr, yaw_s: float) -> None:
     rr -= 1.0
     np.abs(rr, out=rr)
     rr *= -r
-    rr += 0.025
+    rr += 0.035
     cv.paint(win, cv.cov(rr), frame_c, part)
     bu = 0.12 * yaw_s
     gap = tr["eye_dx"] * (1 - 0.1 * abs(yaw_s)) - r
@@ -555,28 +555,44 @@ def _occluder(cv: _Canvas, f, tr, yaw_s: float) -> None:
     cu += 0.1 * yaw_s
     ang = float(f["occ_angle"])
     ca, sa = math.cos(ang), math.sin(ang)
+    if kind == "hand":
+        _hand(cv, tr, cu, cvv, side, size, ang, part)
+        return
     win = cv.window(cu, cvv, size * 1.4, size * 1.4)
     U, V = cv.U[win], cv.V[win]
     du, dv = U - cu, V - cvv
     x = ca * du + sa * dv
     y = ca * dv - sa * du
-    if kind == "hand":
-        a = cv.cov(_ellipse_d(x, y, 0.0, 0.0, size * 0.75, size * 1.3))
-        skin = tr["skin"] * 0.97 + 0.03
-        cv.paint(win, a, _col(skin), part)
-        gaps = np.abs(x)
-        gaps += size * 0.2
-        gaps %= size * 0.4
-        gaps -= size * 0.2
-        np.abs(gaps, out=gaps)
-        np.subtract(0.012, gaps, out=gaps)  # three finger gaps
-        np.minimum(gaps, y + size * 0.1, out=gaps)
-        g = cv.cov(gaps)
-        g *= a
-        cv.paint(win, g, _col(skin * 0.6))
-    else:
-        d = np.minimum(size * 0.9 - np.abs(x), size * 0.6 - np.abs(y))
-        cv.paint(win, cv.cov(d), _col(f["occ_colour"]), part)
+    d = np.minimum(size * 0.9 - np.abs(x), size * 0.6 - np.abs(y))
+    cv.paint(win, cv.cov(d), _col(f["occ_colour"]), part)
+
+
+def _hand(cv: _Canvas, tr, cu: float, cvv: float, side: float, size: float, ang: float, part: int) -> None:
+    """A raised hand: palm with finger gaps at (cu, cvv) and a forearm reaching the bottom of the frame."""
+    ax, ay = side * math.sin(0.45 + 0.5 * ang), math.cos(0.45 + 0.5 * ang)  # forearm direction (down, outwards)
+    win = cv.window(cu + ax * 0.6, cvv + ay * 0.6, 0.75, 0.75)
+    U, V = cv.U[win], cv.V[win]
+    du, dv = U - cu, V - cvv
+    palm = _ellipse_d(du, dv, 0.0, 0.0, size * 0.75, size * 1.2)
+    along = du * ax + dv * ay
+    arm = du * ay - dv * ax
+    np.abs(arm, out=arm)
+    np.subtract(size * 0.55, arm, out=arm)
+    np.minimum(arm, along, out=arm)
+    np.maximum(palm, arm, out=palm)
+    a = cv.cov(palm)
+    skin = tr["skin"] * 0.97 + 0.03
+    cv.paint(win, a, _col(skin), part)
+    gaps = np.abs(du)
+    gaps += size * 0.2
+    gaps %= size * 0.4
+    gaps -= size * 0.2
+    np.abs(gaps, out=gaps)
+    np.subtract(0.014, gaps, out=gaps)  # three finger gaps in the upper palm
+    np.minimum(gaps, -dv - size * 0.1, out=gaps)
+    g = cv.cov(gaps)
+    g *= a
+    cv.paint(win, g, _col(skin * 0.6))
 
 
 def _finish(cv: _Canvas, f) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""`make demo` end to end at quick size: every stage runs, leaves its artifacts, and a re-run skips them all."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# The demo drives other parts' CLIs; the end-to-end test runs once they all exist.
+NEEDED_MODULES = ("train.models", "train.engine", "train.data.synthfer", "probe.features", "probe.linear",
+                  "probe.similarity", "probe.attribution", "probe.intervene")
+NEEDED_COMMANDS = ("train/commands/profile.py", "probe/commands/extract.py", "probe/commands/linear.py",
+                   "probe/commands/cka.py", "probe/commands/umap.py")
+
+
+def test_plan_names_every_stage_in_order(tmp_path):
+    from train.demo import DemoOptions, plan
+
+    stages = plan(DemoOptions(quick=True), tmp_path)
+    names = [s.name for s in stages]
+    assert names[:3] == ["synthfer", "fit vit", "fit cataftermlp"]
+    assert names[-2:] == ["figures", "report"]
+    for want in ("extract quick_vit", "linear probes", "cka", "umap", "rollout quick_vit", "gradcam quick_vit",
+                 "attribute quick_cataftermlp", "intervene quick_vit", "profile quick_cataftermlp"):
+        assert want in names
+    fit = stages[1]
+    assert fit.argv[:4] == ["train", "fit", "-c", "demo"] and "ferlens_tiny_vit_s3" in fit.argv and fit.required
+    assert stages[names.index("linear probes")].argv[-4:] == ["--tokens", "cls,patch", "--targets", "all"]
+
+
+def test_stamps_skip_until_an_input_changes(tmp_path):
+    import time
+
+    from train.demo import Stage, fingerprint, run_stage, up_to_date
+
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("a")
+    out.write_text("result")
+    stage = Stage("toy", ["json.tool", "--help"], [out], [src])
+    assert not up_to_date(tmp_path, stage)  # never stamped
+    res = run_stage(stage, tmp_path, dict(os.environ))
+    assert res.status == "ran" and up_to_date(tmp_path, stage)
+    before = fingerprint(stage)
+    time.sleep(0.01)
+    src.write_text("bb")
+    assert fingerprint(stage) != before and not up_to_date(tmp_path, stage)
+    bad = Stage("bad", ["json.tool", "/no/such/file"], [tmp_path / "never.txt"])
+    res = run_stage(bad, tmp_path, dict(os.environ))
+    assert res.status == "failed" and Path(res.log).read_text()
+
+
+def test_no_app_from_env(monkeypatch):
+    from train.demo import parse_args
+
+    monkeypatch.setenv("FERLENS_DEMO_NO_APP", "1")
+    opts = parse_args(["--quick", "--runs", "vit,clsonly"])
+    assert not opts.app and opts.variants == ("vit", "clsonly") and opts.run_name("vit") == "quick_vit"
+    assert opts.model("clsonly") == "ferlens_tiny_clsonly_s3"
+
+
+def _demo(root: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FERLENS_ARTIFACTS=str(root), FERLENS_DEMO_NO_APP="1", TQDM_DISABLE="1")
+    return subprocess.run([sys.executable, "-m", "train.demo", "--quick"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=2400)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_quick_demo_runs_every_stage_then_skips(_artifacts_root):
+    for module in NEEDED_MODULES:
+        pytest.importorskip(module)
+    missing = [c for c in NEEDED_COMMANDS if not (REPO / c).is_file()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} do not exist yet")
+    root = _artifacts_root
+    first = _demo(root)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    timings = json.loads((root / "demo_timings.json").read_text())
+    assert [s["status"] for s in timings["stages"]] == ["ran"] * len(timings["stages"]), timings
+    assert timings["machine"]["cores"] and timings["total_seconds"] > 0
+    for run in ("quick_vit", "quick_cataftermlp"):
+        d = root / "runs" / run
+        for rel in ("config.json", "model.safetensors", "metrics.json", "history.csv", "profile.json",
+                    "probes/linear.json", "probes/cka.json", "probes/umap.csv", "explain/interventions.csv"):
+            assert (d / rel).is_file(), f"{run}/{rel}"
+        assert any((d / "features").rglob("index.json"))
+        assert any((d / "explain").glob("attribution_metrics*"))
+    manifest = json.loads((root / "figures" / "figures.json").read_text())
+    assert manifest["runs"] == ["quick_vit", "quick_cataftermlp"]
+    for name, fig in manifest["figures"].items():
+        assert fig["note"] is None, (name, fig["note"])
+        assert (root / "figures" / f"{name}.png").stat().st_size > 1000
+    report = (root / "reports" / "quick" / "report.md").read_text()
+    facts = json.loads((root / "reports" / "quick" / "facts.json").read_text())
+    acc = facts["per_run"]["quick_vit"]["test"]["accuracy"]
+    assert f"{100 * acc:.1f}%" in report  # the report quotes the measured accuracy
+    assert "train fit -c demo --model ferlens_tiny_vit_s3" in report  # and the exact commands of the demo
+    assert (root / "reports" / "quick" / "report.html").read_text().count("data:image/png;base64,") == 8
+    # Second run: everything is up to date, nothing re-runs.
+    second = _demo(root)
+    assert second.returncode == 0, second.stdout[-3000:]
+    again = json.loads((root / "demo_timings.json").read_text())
+    assert {s["status"] for s in again["stages"]} == {"skipped"}
+    assert second.stdout.count("up to date") == len(again["stages"])

@@ -1,0 +1,115 @@
+"""Attribution metrics on hand-made maps, masks and a toy model whose answer is known."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from probe import metrics
+from train.errors import FerlensError
+
+
+class _BoxModel(nn.Module):
+    """Class 1's logit is 8 × the mean of the top-left 4×4 box; class 0's logit is 0."""
+
+    def forward(self, x):  # (B, 3, 16, 16) -> (B, 2)
+        s = x[:, :, :4, :4].mean((1, 2, 3)) * 8.0
+        return torch.stack([torch.zeros_like(s), s], -1)
+
+
+def _box_mask(b: int = 2) -> torch.Tensor:
+    m = torch.zeros(b, 16, 16, dtype=torch.bool)
+    m[:, :4, :4] = True
+    return m
+
+
+def test_perfect_map_beats_random_map_on_deletion_and_insertion():
+    model = _BoxModel()
+    images = torch.ones(2, 3, 16, 16)
+    targets = torch.ones(2, dtype=torch.long)
+    perfect = _box_mask().float()
+    random = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0))
+    good = metrics.deletion_insertion(model, images, perfect, targets, steps=16, baseline="zero")
+    bad = metrics.deletion_insertion(model, images, random, targets, steps=16, baseline="zero")
+    assert (good.deletion_auc < bad.deletion_auc).all()
+    assert (good.insertion_auc > bad.insertion_auc).all()
+    # the curve starts at p(x) and ends at p(baseline) = 0.5 for deletion
+    p_x = torch.softmax(model(images), -1)[:, 1]
+    assert torch.allclose(good.deletion_curve[:, 0], p_x) and torch.allclose(good.deletion_curve[:, -1], torch.full((2,), 0.5))
+    # after 1/16 of the pixels (exactly the box) the perfect map has removed all evidence
+    assert torch.allclose(good.deletion_curve[:, 1], torch.full((2,), 0.5))
+    blur = metrics.deletion_insertion(model, images, perfect, targets, steps=4, baseline="blur")
+    assert blur.deletion_curve.shape == (2, 5)
+
+
+def test_pixel_ranks_order_by_decreasing_attribution():
+    maps = torch.tensor([[[0.1, 0.9], [0.5, 0.3]]])
+    assert metrics.pixel_ranks(maps).tolist() == [[[3, 0], [1, 2]]]
+
+
+def test_localisation_perfect_and_wrong_maps():
+    parts = torch.zeros(2, 16, 16, dtype=torch.long)
+    parts[:, :4, :4] = 8                                    # "mouth"
+    parts[:, 8:, :] = 1                                     # "face"
+    perfect = (parts == 8).float()
+    loc = metrics.localisation(perfect, parts, defining=[[8], [8]], nuisance=[0, 1])
+    assert loc.part_mass.tolist() == [1.0, 1.0] and loc.pointing_game.tolist() == [1.0, 1.0]
+    assert loc.nonpart_mass.tolist() == [0.0, 0.0]
+    on_face = (parts == 1).float()
+    loc = metrics.localisation(on_face, parts, defining=[[8], [8]], nuisance=[0, 1])
+    assert loc.part_mass.tolist() == [0.0, 0.0] and loc.pointing_game.tolist() == [0.0, 0.0]
+    assert loc.nonpart_mass.tolist() == [1.0, 1.0]
+    half = perfect + on_face * (16 / 128)                    # equal mass on mouth and face
+    assert metrics.localisation(half, parts, [[8], [8]], [0, 1]).part_mass[0] == pytest.approx(0.5)
+    # part masks at another resolution are resized (nearest) to the maps
+    small = parts[:, ::2, ::2]
+    assert metrics.localisation(perfect, small, [[8], [8]], [0, 1]).part_mass.tolist() == [1.0, 1.0]
+
+
+def test_synthfer_answer_key():
+    synth = pytest.importorskip("train.data.synthfer")
+    names = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"]
+    defining, nuisance = metrics.synthfer_part_ids(names, torch.tensor([1, 5]))
+    idx = {p: i for i, p in enumerate(synth.PART_NAMES)}
+    assert sorted(defining[0]) == sorted(idx[p] for p in ("eye_l", "eye_r", "mouth"))
+    assert idx["nose"] in defining[1] and idx["nose"] not in defining[0]
+    assert sorted(nuisance) == sorted(idx[p] for p in ("background", "face", "hair", "occluder"))
+    with pytest.raises(FerlensError, match="no part answer key"):
+        metrics.synthfer_part_ids(["cat", "dog"], torch.tensor([0]))
+
+
+def test_agreement_spearman_and_topk_iou():
+    a = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(metrics.spearman(a, a), torch.ones(3))
+    assert torch.allclose(metrics.spearman(a, -a), -torch.ones(3))
+    assert torch.allclose(metrics.spearman(a, 2 * a + 1), torch.ones(3))       # rank-based
+    assert metrics.topk_iou(a, a, k=0.1).tolist() == [1.0, 1.0, 1.0]
+    assert metrics.topk_iou(a, -a, k=0.1).tolist() == [0.0, 0.0, 0.0]
+    rows = metrics.agreement_rows({"x": a, "y": a, "z": -a})
+    assert [(r["method_a"], r["method_b"]) for r in rows] == [("x", "y"), ("x", "z"), ("y", "z")]
+    assert rows[0]["spearman"] == pytest.approx(1.0) and rows[1]["spearman"] == pytest.approx(-1.0)
+
+
+def test_road_prefers_the_perfect_map():
+    model = _BoxModel()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 16, 16, generator=g) + 0.5
+    targets = torch.ones(2, dtype=torch.long)
+    good = metrics.road(model, images, _box_mask().float(), targets, percentiles=(50, 90))
+    bad = metrics.road(model, images, 1 - _box_mask().float(), targets, percentiles=(50, 90))
+    assert good.shape == (2,) and (good > bad).all()
+
+
+def test_method_metrics_row_and_bad_inputs():
+    model = _BoxModel()
+    images = torch.ones(2, 3, 16, 16)
+    row = metrics.method_metrics(model, images, _box_mask().float(), torch.ones(2, dtype=torch.long), steps=4,
+                                 baseline="zero")
+    assert set(row) == {"deletion_auc", "insertion_auc", "part_mass", "nonpart_mass", "pointing_game", "n"}
+    assert row["n"] == 2 and row["deletion_auc"] < row["insertion_auc"]
+    with pytest.raises(FerlensError, match="do not match images"):
+        metrics.deletion_insertion(model, images, torch.rand(2, 8, 8), torch.ones(2, dtype=torch.long))
+    with pytest.raises(FerlensError, match="baseline"):
+        metrics.baseline_images(images, "noise")
+    with pytest.raises(FerlensError, match="top-k"):
+        metrics.topk_iou(images[:, 0], images[:, 0], k=0)
