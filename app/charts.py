@@ -44,19 +44,21 @@ def line_with_ci(df: pd.DataFrame, *, x: str, y: str, lo: str | None = None, hi:
     if lo and hi:
         band = base.mark_area(opacity=0.18).encode(
             x=enc_x, y=alt.Y(f"{lo}:Q", title=y_title or y), y2=f"{hi}:Q",
-            color=colour(color, legend=False), detail=[alt.Detail(f"{d}:N") for d in detail])
+            color=colour(color), detail=[alt.Detail(f"{d}:N") for d in detail])
         layers.append(band)
     line_enc = dict(x=enc_x, y=alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(zero=False)),
                     color=colour(color),
                     tooltip=tooltip or [c for c in df.columns if df[c].dtype != object or c in detail][:10])
     if dash:
-        line_enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash, legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2, symbolSize=300))
+        # dashes tell the lines apart, point shapes carry the legend (dash legends render empty symbols)
+        line_enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", legend=None)
+        line_enc["shape"] = alt.Shape(f"{dash}:N", title=dash)
     layers.append(base.mark_line(point=True).encode(**line_enc))
     if chance is not None and pd.notna(chance):
         rule = alt.Chart(pd.DataFrame({"chance": [float(chance)]})).mark_rule(
             color="gray", strokeDash=[4, 4]).encode(y="chance:Q", tooltip=["chance:Q"])
         layers.append(rule)
-    return alt.layer(*layers).properties(height=HEIGHT)
+    return alt.layer(*layers).properties(height=HEIGHT, width=480)  # width is for PNG/SVG; the app stretches
 
 
 def heatmap(df: pd.DataFrame, *, x: str, y: str, value: str, title: str = "",
@@ -87,7 +89,7 @@ def scatter(df: pd.DataFrame, *, x: str, y: str, color: str, tooltip: list[str])
         enc = colour(color, n=df[color].nunique())
     return alt.Chart(df).mark_circle(size=28, opacity=0.8).encode(
         x=alt.X(f"{x}:Q", axis=None), y=alt.Y(f"{y}:Q", axis=None),
-        color=enc, tooltip=tooltip).properties(height=380).interactive()
+        color=enc, tooltip=tooltip).properties(height=380, width=420).interactive()
 
 
 def bars(df: pd.DataFrame, *, x: str, y: str, color: str | None = None, highlight: str | None = None,

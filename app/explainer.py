@@ -73,7 +73,9 @@ def predict(_model, _x, run_key: str, img_key: str, label_names: tuple[str, ...]
     """Softmax probabilities of ``_x`` (1, 3, H, W); cached by (run, image)."""
     import torch
 
-    with torch.no_grad():
+    from .loaders import COMPUTE_LOCK
+
+    with COMPUTE_LOCK, torch.no_grad():
         probs = _model(_x).softmax(-1)[0].numpy()  # (C,)
     return Prediction(list(label_names), probs)
 
@@ -84,12 +86,15 @@ def attribution(_model, _x, run_key: str, img_key: str, method: str, target: int
     """One (H, W) map in [0, 1] from ``probe.explain``; cached by (run, image, method, options)."""
     import probe
 
+    from .loaders import COMPUTE_LOCK
+
     options = {"layer": layer} if layer else {}
     if head is not None:
         options["head"] = head
     if method == "ig":
         options["n_steps"] = 16  # enough for a smooth map on 64 px inputs; keeps two runs under ~2 s
-    return probe.explain(_model, _x, method=method, target=target, **options)[0].numpy()  # (H, W)
+    with COMPUTE_LOCK:
+        return probe.explain(_model, _x, method=method, target=target, **options)[0].numpy()  # (H, W)
 
 
 def attention_layers(model) -> list[int]:

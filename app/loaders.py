@@ -7,6 +7,7 @@ see an exception from a run folder, so one corrupt run cannot break the others.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -231,3 +232,47 @@ def dataset_for(spec: str, split: str):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise FerlensError(f"The dataset '{spec}' ({split}) cannot be loaded ({type(e).__name__}: {e}); "
                            "check the run's data.spec.") from None
+
+
+_WARMED: set[str] = set()
+_WARM_LOCK = threading.Lock()
+# Attribution methods attach hooks and toggle fused attention on the shared cached model, so every
+# forward through a cached model (page or warm-up thread) holds this lock.
+COMPUTE_LOCK = threading.RLock()
+
+
+def warm_up(runs: list[Path]) -> None:
+    """Load the explain stack (torch, timm, captum, grad-cam) and the runs' models in a background thread.
+
+    Called after a page has been sent, so the first Explain request does not pay for imports and
+    model loading; each run is warmed once per server process.
+    """
+    with _WARM_LOCK:
+        todo = [Path(r) for r in runs if str(r) not in _WARMED]
+        _WARMED.update(str(r) for r in todo)
+        first = "<stack>" not in _WARMED
+        _WARMED.add("<stack>")
+    if todo or first:
+        threading.Thread(target=_warm, args=(todo,), name="ferlens-warm-up", daemon=True).start()
+
+
+def _warm(runs: list[Path]) -> None:
+    import captum.attr  # noqa: F401  (imports are the point)
+    import pytorch_grad_cam  # noqa: F401
+
+    import probe.attribution  # noqa: F401
+
+    import torch
+
+    import probe
+
+    for run in runs:
+        try:
+            model, config, _ = model_for(run)
+            dataset_for(str(config["data"]["spec"]), "test")
+            x = torch.zeros(1, 3, *model.pretrained_cfg["input_size"][-2:])  # (1, 3, H, W)
+            for method in ("rollout", "gradcam", "ig"):  # first calls build hooks and load lazy modules
+                with COMPUTE_LOCK:
+                    probe.explain(model, x, method=method, target=0, **({"n_steps": 2} if method == "ig" else {}))
+        except (FerlensError, KeyError, TypeError):
+            pass  # an unusable run shows its error on the Explain page; warming it is only an optimisation

@@ -10,6 +10,7 @@ if str(_REPO) not in sys.path:  # streamlit puts app/ on sys.path; the pages imp
 
 import streamlit as st  # noqa: E402
 
+from app.loaders import warm_up  # noqa: E402
 from app.state import sidebar_ui  # noqa: E402
 
 # Pages live in views/, not pages/: Streamlit treats a pages/ folder beside the entry script as a
@@ -29,5 +30,6 @@ PAGES: list[tuple[str, str, str]] = [
 
 st.set_page_config(page_title="ferlens", page_icon=":material/face:", layout="wide")
 nav = st.navigation([st.Page(_PAGES / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)])
-sidebar_ui()
+selection = sidebar_ui()
 nav.run()
+warm_up(selection.runs)  # after the page is drawn: models and the explain stack load in the background

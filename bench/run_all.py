@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,18 +55,21 @@ def run_one(name: str, timeout: float) -> dict[str, Any]:
     env.setdefault("OMP_NUM_THREADS", "2")
     env.setdefault("TQDM_DISABLE", "1")
     start = time.perf_counter()
+    # A session of its own, so a timeout also ends whatever the benchmark started (e.g. a streamlit server).
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(name=name, marker=MARKER)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD.format(name=name, marker=MARKER)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
         return {"status": "timeout", "seconds": round(time.perf_counter() - start, 2),
-                "error": f"no result within {timeout:.0f} s", "output": out[-3000:]}
+                "error": f"no result within {timeout:.0f} s", "output": (stdout or "")[-3000:]}
     seconds = round(time.perf_counter() - start, 2)
-    head, sep, tail = proc.stdout.rpartition(MARKER)
+    head, sep, tail = stdout.rpartition(MARKER)
     if proc.returncode != 0 or not sep:
         return {"status": "failed", "seconds": seconds, "returncode": proc.returncode,
-                "error": (proc.stderr or proc.stdout)[-3000:]}
+                "error": (stderr or stdout)[-3000:]}
     try:
         result = json.loads(tail.strip().splitlines()[0])
     except (json.JSONDecodeError, IndexError):

@@ -7,7 +7,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {"cache", "features", "linear", "similarity", "embed", "norms", "rollout", "attribution",
-               "metrics", "intervene", "figures", "report", "plotting"}
+               "metrics", "intervene", "overlay", "figures", "report", "plotting"}
 
 
 def explain(model, images, method: str = "gradcam", target=None, **kwargs):

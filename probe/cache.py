@@ -37,6 +37,9 @@ def _is_attention(module: nn.Module) -> bool:
 
 def _check(model: nn.Module, names: Sequence[str]) -> list[str]:
     valid = hook_names(model)
+    if not valid:
+        raise FerlensError(f"{type(model).__name__} exposes no hook points (no hook_names() and no timm-style "
+                           "blocks); use a ferlens hybrid or a timm ViT.")
     for n in names:
         if n not in valid:
             raise FerlensError(f"Unknown hook point '{n}'; valid names are {_summary(valid)}." + close_matches(n, valid))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -595,6 +594,10 @@ def _overlay_url(image: np.ndarray, heat: np.ndarray | None, size: int = 96) -> 
 
         h, w = image.shape[:2]
         heat = np.asarray(Image.fromarray(np.asarray(heat, dtype=np.float32)).resize((w, h), Image.BILINEAR))
+        # Display scaling only: clip at the 99th percentile (captum's outlier_perc convention), so sparse
+        # pixel attributions such as IG stay visible; smooth maps (Grad-CAM, rollout) barely change.
+        top = float(np.percentile(heat, 99))
+        heat = heat / top if top > 0 else heat
         rgb = show_cam_on_image(image.astype(np.float32) / 255.0, np.clip(heat, 0, 1), use_rgb=True,
                                 colormap=cv2.COLORMAP_VIRIDIS, image_weight=0.45)
     buf = io.BytesIO()
@@ -671,7 +674,8 @@ FIGURES: dict[int, Figure] = {f.number: f for f in (
     Figure(2, "fig2_selectivity", "selectivity heatmap, target × layer", selectivity_data, chart_selectivity),
     Figure(3, "fig3_cka", "CKA heatmaps", cka_data, chart_cka),
     Figure(4, "fig4_umap", "UMAP panels early/middle/last × CLS/patch", umap_data, chart_umap),
-    Figure(5, "fig5_attribution_grid", "attribution grid", lambda runs: pd.DataFrame(), chart_attribution),
+    Figure(5, "fig5_attribution_grid", "attribution grid", lambda runs: attribution_data(runs, live_attribution_grid)[0],
+           chart_attribution),
     Figure(6, "fig6_interventions", "CLS intervention curves", intervention_data, chart_interventions),
     Figure(7, "fig7_efficiency", "throughput vs batch size, params/MACs", profile_data, chart_efficiency),
     Figure(8, "fig8_training_curves", "training curves", history_data, chart_history),
@@ -763,8 +767,3 @@ def render_figures(runs: Sequence[str | Path], out: str | Path, only: Iterable[i
     atomic_write_json(manifest_path, {"runs": [r.name for r in infos], "labels": [r.label for r in infos],
                                       "figures": dict(sorted(figures.items()))})
     return results
-
-
-def format_number(value: float, digits: int = 3) -> str:
-    """Fixed-point text for tables; NaN → ``–``."""
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"

@@ -96,12 +96,12 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
         stages.append(Stage(f"fit {variant}", fit, [rdir[run] / "model.safetensors", rdir[run] / "metrics.json"],
                             [preset], [run], required=True))
     weights = [rdir[r] / "model.safetensors" for r in runs]
-    for run in runs:
-        stages.append(Stage(f"extract {run}", ["probe", "extract", "--run", run, "--data", spec, "--split", "test"],
-                            [rdir[run] / "features"], [rdir[run] / "model.safetensors"], [run], required=True))
     joined = ",".join(runs)
+    small = ["--cv", "3", "--seeds", "1"] if opts.quick else []  # quick splits have < 5 faces in some classes
     stages += [
-        Stage("linear probes", ["probe", "linear", "--run", joined, "--tokens", "cls,patch", "--targets", "all"],
+        Stage("extract", ["probe", "extract", "--run", joined, "--data", spec, "--split", "test"],
+              [rdir[r] / "features" for r in runs], weights, runs, required=True),
+        Stage("linear probes", ["probe", "linear", "--run", joined, "--tokens", "cls,patch", "--targets", "all", *small],
               [rdir[r] / "probes" / "linear.json" for r in runs], weights, runs),
         Stage("cka", ["probe", "cka", "--run", joined], [rdir[r] / "probes" / "cka.json" for r in runs], weights, runs),
         Stage("umap", ["probe", "umap", "--run", joined], [rdir[r] / "probes" / "umap.csv" for r in runs], weights, runs),
@@ -112,7 +112,7 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
                                 [rdir[run] / "explain"], [rdir[run] / "model.safetensors"], [run]))
         stages.append(Stage(f"intervene {run}", ["probe", "intervene", "--run", run, "--n", str(n)],
                             [rdir[run] / "explain" / "interventions.csv"], [rdir[run] / "model.safetensors"], [run]))
-        profile = ["train", "profile", "--run", run] + (["--batch-sizes", "1,8"] if opts.quick else [])
+        profile = ["train", "profile", "--run", run, "--batch-sizes", "1,8" if opts.quick else "1,8,32,128"]
         stages.append(Stage(f"profile {run}", profile, [rdir[run] / "profile.json"], [rdir[run] / "model.safetensors"],
                             [run]))
     probe_outputs = [p for s in stages[1:] for p in s.outputs if s.name.split()[0] not in ("extract",)]

@@ -32,10 +32,16 @@ def count_params(model: nn.Module) -> int:
 @torch.no_grad()
 def count_flops(model: nn.Module, img_size: tuple[int, int], device: str = "cpu") -> int:
     """FLOPs of one eval forward of a single (1, 3, H, W) image (multiply-add = 2 FLOPs)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+    # torch's table lacks the CPU flash-attention op that SDPA dispatches to on CPU: count it like the
+    # other SDPA kernels (q @ k^T and attn @ v), so attention matmuls are included on every device.
+    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    extra = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
     x = torch.zeros(1, 3, *img_size, device=device)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=extra) as counter:
         model(x)
     return int(counter.get_total_flops())
 

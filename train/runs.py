@@ -15,9 +15,10 @@ import datetime as _dt
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch appears only in annotations; not importing it keeps run listing fast (app sidebar)
+    import torch
 
 from .errors import FerlensError
 from .io import atomic_write_bytes, atomic_write_json, read_json

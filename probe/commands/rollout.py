@@ -126,13 +126,16 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# what each non-CAM method reads when no --layer is given (CAMs: probe.attribution.default_cam_layer)
+METHOD_LAYERS = {"rollout": "all blocks", "grad_rollout": "all blocks", "cls_attention": "last block"}
+
+
 def _default_layer(model, method: str) -> str:
-    from probe.attribution import METHODS, CAM, default_cam_layer
+    from probe.attribution import CAM, METHODS, default_cam_layer
 
     if issubclass(METHODS[method], CAM):
         return default_cam_layer(model)
-    return "all blocks" if method in ("rollout", "grad_rollout") else ("input" if method not in ("cls_attention",)
-                                                                       else "last block")
+    return METHOD_LAYERS.get(method, "input")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

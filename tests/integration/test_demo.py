@@ -24,7 +24,7 @@ def test_plan_names_every_stage_in_order(tmp_path):
     names = [s.name for s in stages]
     assert names[:3] == ["synthfer", "fit vit", "fit cataftermlp"]
     assert names[-2:] == ["figures", "report"]
-    for want in ("extract quick_vit", "linear probes", "cka", "umap", "rollout quick_vit", "gradcam quick_vit",
+    for want in ("extract", "linear probes", "cka", "umap", "rollout quick_vit", "gradcam quick_vit",
                  "attribute quick_cataftermlp", "intervene quick_vit", "profile quick_cataftermlp"):
         assert want in names
     fit = stages[1]

@@ -63,15 +63,18 @@ def run_synth(args: argparse.Namespace) -> int:
     if per_class < 1:
         raise FerlensError(f"--per-class {per_class} must be at least 1.")
     out = Path(args.out) if args.out else artifacts_root() / "data" / f"synthfer-{fmt}-s{size}-n{n}"
-    result = synthfer.export(out, size=size, n=n, seed=seed, fmt=fmt)
-    print(f"wrote SynthFER (size={size}, n={n}, seed={seed}) in {fmt} layout to {out}")
-    if isinstance(result, dict):
-        for key, value in result.items():
-            print(f"  {key}: {value}")
+    out = Path(synthfer.export(out, size=size, n=n, seed=seed, fmt=fmt))
+    print(f"wrote SynthFER (size={size}, n={n}, seed={seed}) in the {fmt} layout to {out}")
+    manifest = out / "synthfer.json"
+    if manifest.is_file():
+        from ..io import read_json
+
+        counts = read_json(manifest).get("counts", {})
+        print(format_table([[split, int(c)] for split, c in counts.items()], ["split", "images"]))
     print(f"use it with --data {fmt}:{out}")
     if args.contact_sheet:
-        sheet = synthfer.contact_sheet(Path(args.contact_sheet), size=size, seed=seed, per_class=per_class)
-        print(f"contact sheet: {sheet or args.contact_sheet}")
+        sheet = synthfer.contact_sheet(Path(args.contact_sheet), size=size, seed=seed, n=n, per_class=per_class)
+        print(f"contact sheet: {sheet}")
     return 0
 
 

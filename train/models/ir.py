@@ -155,7 +155,7 @@ def build_backbone(name: str, last_stage: int, cut_last_stage: bool = False) -> 
 # --------------------------------------------------------------------------------------------------
 # Loading POSTER / face.evoLVe weights
 
-_PREFIXES = ("module.", "backbone.", "model.", "stem.")
+_PREFIXES = ("module.", "backbone.", "stem.", "model.")
 _SKIP = re.compile(r"^(output_layer|fc|head|classifier)\.")
 
 
@@ -222,16 +222,25 @@ def load_backbone_weights(model: nn.Module, path: str | Path, strict: bool = Tru
     from ..runs import _few
 
     target = getattr(model, "stem", model)
+    target = getattr(target, "model", target)  # TimmBackbone: the features_only timm model
     own = target.state_dict()
     n_units = len(getattr(target, "body", []))
-    state, skipped = {}, {"output_layer (face-recognition head)": [], "unbuilt later-stage": []}
-    for key, value in read_state_dict(path).items():
+    tops = {k.split(".")[0] for k in own}
+    raw = read_state_dict(path)
+    state, skipped = {}, {"output_layer (face-recognition head)": [], "unbuilt later-stage": [],
+                          "non-backbone (token part of a ferlens run)": []}
+    from_run = any(k.startswith("stem.") for k in raw)  # a ferlens model.safetensors: keep only its stem
+    for key, value in raw.items():
+        if from_run and not key.startswith("stem."):
+            skipped["non-backbone (token part of a ferlens run)"].append(key)
+            continue
         key = _strip(key)
         m = re.match(r"^body\.(\d+)\.", key)
         if _SKIP.match(key):
             skipped["output_layer (face-recognition head)"].append(key)
-        elif m and key not in own and int(m.group(1)) >= n_units and n_units:
-            skipped["unbuilt later-stage"].append(key)
+        elif key not in own and ((m and n_units and int(m.group(1)) >= n_units)
+                                 or (not n_units and key.split(".")[0] not in tops)):
+            skipped["unbuilt later-stage"].append(key)  # stages after the token stage are not built
         else:
             state[key] = value
     missing = [k for k in own if k not in state]

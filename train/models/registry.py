@@ -17,7 +17,7 @@ from .hybrid import HybridFER
 ALIASES = {"dim": "embed_dim", "heads": "num_heads", "drop_path": "drop_path_rate", "attn_drop": "attn_drop_rate",
            "proj_drop": "proj_drop_rate", "drop": "drop_rate", "pos_drop": "pos_drop_rate",
            "stage": "stem_stage", "block": "block_type"}
-_TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+_TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 # backbone -> preprocessing (face.evoLVe / POSTER normalise to [-1, 1])
 _BACKBONE_CFG = {"ir50": {"img_size": 112, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
@@ -47,8 +47,9 @@ def _create_hybrid(variant: str, pretrained: bool = False, **kwargs: Any) -> Hyb
     model = HybridFER(**kwargs)
     base = _BACKBONE_CFG.get(model.backbone_name, _IMAGENET)
     cfg = {"architecture": variant, "input_size": (3, *model.img_size), "mean": base["mean"], "std": base["std"],
-           "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": model.num_classes,
-           "first_conv": "stem.input_layer.0", "classifier": "head"}
+           "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": model.num_classes, "classifier": "head"}
+    if model.backbone_name in _BACKBONE_CFG:
+        cfg["first_conv"] = "stem.input_layer.0"
     model.pretrained_cfg = model.default_cfg = cfg
     return model
 

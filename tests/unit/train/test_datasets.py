@@ -597,7 +597,8 @@ def test_cli_info_check_and_bad_synth_args(broken_rafdb, capsys):
         assert match in err and "\n" not in err
 
 
-def test_cli_synth_exports_a_loadable_rafdb(tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["rafdb", "folder"])
+def test_cli_synth_exports_a_loadable_layout(tmp_path, capsys, fmt):
     synthfer = pytest.importorskip("train.data.synthfer")
     try:
         synthfer.export  # noqa: B018 - the exporter is written by the SynthFER engineer
@@ -606,11 +607,25 @@ def test_cli_synth_exports_a_loadable_rafdb(tmp_path, capsys):
     from train.cli import main
 
     out = tmp_path / "synth"
-    assert main(["data", "synth", "--size", "48", "--n", "140", "--out", str(out),
-                 "--contact-sheet", str(tmp_path / "sheet.png"), "--per-class", "2"]) == 0
-    assert f"rafdb:{out}" in capsys.readouterr().out
-    assert (tmp_path / "sheet.png").is_file()
-    total = sum(len(load_dataset(f"rafdb:{out}", s)) for s in ("train", "val", "test"))
-    assert total == 140
-    ds = load_dataset(f"rafdb:{out}", "test")
-    assert ds.load_image(0).mode == "RGB"
+    sheet = ["--contact-sheet", str(tmp_path / "sheet.png"), "--per-class", "2"] if fmt == "rafdb" else []
+    assert main(["data", "synth", "--size", "48", "--n", "140", "--format", fmt, "--out", str(out), *sheet]) == 0
+    assert f"{fmt}:{out}" in capsys.readouterr().out
+    assert not sheet or Image.open(tmp_path / "sheet.png").size[0] > 2 * 48
+    splits = {s: load_dataset(f"{fmt}:{out}", s) for s in ("train", "val", "test")}
+    assert sum(len(d) for d in splits.values()) == 140
+    reference = {s: synthfer.load(None, s, size=48, n=140, seed=0) for s in ("train", "val", "test")}
+    if fmt == "folder":  # same splits, same labels, same pixels
+        for s, ds in splits.items():
+            ref = reference[s]
+            assert sorted(Path(i).name for i in ds.sample_ids) == sorted(ref.sample_ids)
+            by_id = {Path(i).name: k for k, i in enumerate(ds.sample_ids)}
+            for j in range(0, len(ref), 7):
+                k = by_id[ref.sample_ids[j]]
+                assert ds.labels[k] == ref.labels[j]
+                assert np.array_equal(np.asarray(ds.load_image(k)), np.asarray(ref.load_image(j)))
+    else:  # RAF-DB has train/test only: SynthFER test identities are the RAF-DB test files
+        assert len(splits["test"]) == len(reference["test"])
+        assert sorted(splits["test"].labels.tolist()) == sorted(reference["test"].labels.tolist())
+        assert set(splits["test"].attr_kinds) == {"gender", "race", "age"}
+        assert all(a["gender"] in (0, 1, 2) for a in splits["test"].attrs)
+        assert splits["test"].load_image(0).size == (48, 48)
