@@ -46,14 +46,17 @@ def line_with_ci(df: pd.DataFrame, *, x: str, y: str, lo: str | None = None, hi:
             x=enc_x, y=alt.Y(f"{lo}:Q", title=y_title or y), y2=f"{hi}:Q",
             color=colour(color), detail=[alt.Detail(f"{d}:N") for d in detail])
         layers.append(band)
-    line_enc = dict(x=enc_x, y=alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(zero=False)),
-                    color=colour(color),
-                    tooltip=tooltip or [c for c in df.columns if df[c].dtype != object or c in detail][:10])
+    y_enc = alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(zero=False))
+    tips = tooltip or [c for c in df.columns if df[c].dtype != object or c in detail][:10]
+    # No layer sets legend=None: Vega-Lite merges the legends of a shared scale across layers, and one
+    # null legend (or a dash legend merged with a shape legend) removes the merged legend entirely.
+    line_enc = dict(x=enc_x, y=y_enc, color=colour(color), detail=[alt.Detail(f"{d}:N") for d in detail])
+    point_enc = dict(x=enc_x, y=y_enc, color=colour(color), tooltip=tips)
     if dash:
-        # dashes tell the lines apart, point shapes carry the legend (dash legends render empty symbols)
-        line_enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", legend=None)
-        line_enc["shape"] = alt.Shape(f"{dash}:N", title=dash)
-    layers.append(base.mark_line(point=True).encode(**line_enc))
+        line_enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash)
+        point_enc["shape"] = alt.Shape(f"{dash}:N", title=dash)
+    layers.append(base.mark_line().encode(**line_enc))
+    layers.append(base.mark_point(filled=True, size=45).encode(**point_enc))
     if chance is not None and pd.notna(chance):
         rule = alt.Chart(pd.DataFrame({"chance": [float(chance)]})).mark_rule(
             color="gray", strokeDash=[4, 4]).encode(y="chance:Q", tooltip=["chance:Q"])
@@ -93,7 +96,7 @@ def scatter(df: pd.DataFrame, *, x: str, y: str, color: str, tooltip: list[str])
 
 
 def bars(df: pd.DataFrame, *, x: str, y: str, color: str | None = None, highlight: str | None = None,
-         height: int = 170) -> alt.Chart:
+         height: int = 190) -> alt.Chart:
     """Horizontal bars (e.g. class probabilities); ``highlight`` names a boolean column drawn darker."""
     enc = dict(x=alt.X(f"{x}:Q", scale=alt.Scale(domain=[0, 1])),
                y=alt.Y(f"{y}:N", sort=None, title=None, axis=alt.Axis(labelOverlap=False)),
@@ -131,13 +134,13 @@ def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str, *, key: 
         key: unique widget key prefix.
         stretch: fill the column width (False keeps the chart's own size, e.g. square heatmaps).
     """
-    st.altair_chart(chart, width="stretch" if stretch else "content", key=f"{key}_chart")
-    spec = chart.to_dict()
-    stem = _slug(name)
+    # theme=None: the look of the exported PNG/SVG (Streamlit's theme drops some legends, e.g. shape)
+    st.altair_chart(chart, width="stretch" if stretch else "content", theme=None, key=f"{key}_chart")
+    stem = _slug(name)  # the spec is built only when a download is clicked (to_dict validates: ~0.1 s)
     row = st.container(horizontal=True, gap="small")
-    row.download_button("PNG", data=lambda: _png(spec), file_name=f"{stem}.png", mime="image/png",
+    row.download_button("PNG", data=lambda: _png(chart.to_dict()), file_name=f"{stem}.png", mime="image/png",
                        key=f"{key}_png", on_click="ignore")
-    row.download_button("SVG", data=lambda: _svg(spec), file_name=f"{stem}.svg", mime="image/svg+xml",
+    row.download_button("SVG", data=lambda: _svg(chart.to_dict()), file_name=f"{stem}.svg", mime="image/svg+xml",
                        key=f"{key}_svg", on_click="ignore")
     row.download_button("CSV", data=lambda: data.to_csv(index=False).encode(), file_name=f"{stem}.csv",
                        mime="text/csv", key=f"{key}_csv", on_click="ignore")

@@ -44,7 +44,7 @@ class Artifact:
         return self.data is not None
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def stamp(path: Path) -> tuple[int, int]:
     """(mtime_ns, size) so cached readers notice a rewritten file."""
     try:
         st_ = path.stat()
@@ -76,7 +76,7 @@ def _load(run_dir: Path, rel: str, reader: Callable, check: Callable[[Any], Any]
     path = Path(run_dir) / rel
     if not path.is_file():
         return Artifact(run_dir.name, path)
-    data, error = reader(str(path), _stamp(path))
+    data, error = reader(str(path), stamp(path))
     if error is None and check is not None:
         try:
             data = check(data)
@@ -201,7 +201,7 @@ def load_model(run_dir: str, stamp: tuple[int, int]):
 def model_for(run_dir: Path):
     """Cached ``(model, config, transform)``; raises FerlensError with one sentence on failure."""
     try:
-        return load_model(str(run_dir), _stamp(Path(run_dir) / "model.safetensors"))
+        return load_model(str(run_dir), stamp(Path(run_dir) / "model.safetensors"))
     except FerlensError:
         raise
     except ModuleNotFoundError as e:

@@ -1,6 +1,7 @@
 """ferlens app entry: ``streamlit run app/main.py``. Draws the sidebar, then routes to the pages."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,4 +33,5 @@ st.set_page_config(page_title="ferlens", page_icon=":material/face:", layout="wi
 nav = st.navigation([st.Page(_PAGES / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)])
 selection = sidebar_ui()
 nav.run()
-warm_up(selection.runs)  # after the page is drawn: models and the explain stack load in the background
+if os.environ.get("FERLENS_APP_WARMUP", "1") != "0":  # AppTest tests switch it off
+    warm_up(selection.runs)  # after the page is drawn: models and the explain stack load in the background

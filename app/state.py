@@ -139,8 +139,11 @@ def sidebar_ui() -> Selection:
     if "runs" not in st.session_state or (seen is not None and seen != str(root)):
         st.session_state["runs"] = default  # first visit or a new root: preselect
     else:
-        st.session_state["runs"] = [r for r in st.session_state["runs"] if r in options]
+        kept = [r for r in st.session_state["runs"] if r in options]
+        typed_before = set(st.session_state.get("runs_typed", []))
+        st.session_state["runs"] = kept + [str(p) for p in extra if str(p) not in typed_before and str(p) not in kept]
     st.session_state["runs_root_seen"] = str(root)
+    st.session_state["runs_typed"] = [str(p) for p in extra]  # newly typed runs are added once
     chosen = st.sidebar.multiselect("Runs", options, key="runs", format_func=lambda o: labels[o],
                                     help="Runs found under <root>/runs: name · variant · dataset · accuracy.")
     if not options:

@@ -27,29 +27,29 @@ def _name(backbone: str, block: str, stage: int) -> str:
     return f"ferlens_ir50_{block}_s{stage}_d8" if backbone == "ir50" else f"ferlens_tiny_{block}_s3"
 
 
-def _train_rate(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                steps: int) -> float:
-    """Images per second over ``steps`` forward + backward + AdamW steps."""
+def _train_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds for one forward + backward + AdamW step."""
     t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return steps * x.shape[0] / (time.perf_counter() - t0)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t0
 
 
 @torch.no_grad()
-def _infer_rate(model: torch.nn.Module, x: torch.Tensor, steps: int) -> float:
+def _infer_time(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Seconds for one inference forward."""
     t0 = time.perf_counter()
-    for _ in range(steps):
-        model(x)
-    return steps * x.shape[0] / (time.perf_counter() - t0)
+    model(x)
+    return time.perf_counter() - t0
 
 
 def bench(backbone: str = "tiny", stage: int = 3, depth: int | None = None, img_size: int | None = None,
-          batch_size: int = 16, repeats: int = 5, steps: int = 3, blocks: Sequence[str] = BLOCKS) -> dict[str, Any]:
+          batch_size: int = 16, repeats: int = 8, steps: int = 1, blocks: Sequence[str] = BLOCKS) -> dict[str, Any]:
     """Measure every block type in ``blocks`` (``vit`` is always included as the reference).
+
+    Throughputs are ``batch_size / median step time`` over all interleaved steps.
 
     Returns:
         ``{"config", "results": {block: {train_img_s, infer_img_s, macs, params}},
@@ -70,13 +70,16 @@ def bench(backbone: str = "tiny", stage: int = 3, depth: int | None = None, img_
     train_s = {b: [] for b in blocks}
     infer_s = {b: [] for b in blocks}
     for b in blocks:  # warm-up: one step each
-        _train_rate(models[b].train(), opts[b], x, y, 1)
+        _train_time(models[b].train(), opts[b], x, y)
+        _infer_time(models[b].eval(), x)
     for r in tqdm(range(repeats), desc="bench variants (interleaved repeats)"):
         order = blocks[r % len(blocks):] + blocks[:r % len(blocks)]  # rotate who goes first
-        for b in order:
-            train_s[b].append(_train_rate(models[b].train(), opts[b], x, y, steps))
-            infer_s[b].append(_infer_rate(models[b].eval(), x, steps))
-    results = {b: {"train_img_s": statistics.median(train_s[b]), "infer_img_s": statistics.median(infer_s[b]),
+        for b in order:  # one step per variant per repeat: load drifts hit every variant alike
+            for _ in range(steps):
+                train_s[b].append(_train_time(models[b].train(), opts[b], x, y))
+                infer_s[b].append(_infer_time(models[b].eval(), x))
+    results = {b: {"train_img_s": batch_size / statistics.median(train_s[b]),
+                   "infer_img_s": batch_size / statistics.median(infer_s[b]),
                    "macs": macs[b], "params": count_params(models[b])} for b in blocks}
     ref = results["vit"]
     ratios = {b: {"train": r["train_img_s"] / ref["train_img_s"], "infer": r["infer_img_s"] / ref["infer_img_s"],
@@ -90,7 +93,7 @@ def bench(backbone: str = "tiny", stage: int = 3, depth: int | None = None, img_
 def format_report(out: dict[str, Any]) -> str:
     c = out["config"]
     lines = [f"backbone={c['backbone']} stage={c['stage']} img={c['img_size']} batch={c['batch_size']} "
-             f"depth={c['depth']} dim={c['dim']} threads={c['threads']} repeats={c['repeats']}x{c['steps']} steps",
+             f"depth={c['depth']} dim={c['dim']} threads={c['threads']} rounds={c['repeats']}x{c['steps']} steps (interleaved)",
              f"{'block':13s} {'GMACs':>7s} {'train img/s':>11s} {'infer img/s':>11s} {'train x':>8s} {'infer x':>8s} {'MACs x':>7s}"]
     for b, r in out["results"].items():
         q = out["ratios"][b]
@@ -106,10 +109,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=8, help="interleaved rounds over all variants")
+    p.add_argument("--steps", type=int, default=1, help="steps per variant per round")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--blocks", default=",".join(BLOCKS))
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     out = bench(a.backbone, a.stage, a.depth, a.img_size, a.batch_size, a.repeats, a.steps, a.blocks.split(","))
     print(format_report(out))
     return out

@@ -20,6 +20,7 @@ keeping the positive part.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -152,7 +153,7 @@ def predicted(scorer: nn.Module, images: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- base
-class Attribution:
+class Attribution(ABC):
     """Base of all methods: ``__call__(images, targets, scorer) -> (B, h, w)`` raw maps (any resolution);
     ``targets`` None means the predicted class of ``scorer``.
 
@@ -177,8 +178,9 @@ class Attribution:
     def attn_names(self) -> list[str]:
         return [f"blocks.{i}.attn" for i in range(len(self.model.blocks))]
 
+    @abstractmethod
     def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
-        raise FerlensError(f"{type(self).__name__} is an abstract attribution; pick one of {', '.join(METHODS)}.")
+        """Raw maps (B, h, w) for images (B, 3, H, W), classes (B,) or None, scored by ``scorer``."""
 
 
 class Rollout(Attribution):

@@ -527,6 +527,10 @@ def extract_to_disk(run: str | os.PathLike, spec: str | None = None, split: str 
     if rank == 0 and all(_rank_done(folder, r) >= len(range(r, n, world)) for r in range(world)):
         _finalize(folder, arrays, dataset, layout, config, run_dir, spec, split, fp, readouts, patch_tokens)
     _barrier(world)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return folder
 
 

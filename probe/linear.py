@@ -116,7 +116,9 @@ def _inner_splits(y: np.ndarray, inner_cv: int, seed: int, kind: str):
 
     if kind == "categorical":
         k = max(2, min(inner_cv, int(np.bincount(y)[np.bincount(y) > 0].min())))
-        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+        with warnings.catch_warnings():  # a class rarer than k folds is fine for choosing C
+            warnings.simplefilter("ignore", UserWarning)
+            return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     return list(KFold(n_splits=inner_cv, shuffle=True, random_state=seed).split(np.zeros(len(y))))
 
 

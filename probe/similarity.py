@@ -67,7 +67,8 @@ def linear_cka(X: np.ndarray, Y: np.ndarray, unbiased: bool = False) -> float:
         unbiased: use the unbiased HSIC estimator (Gram-matrix path).
 
     Returns:
-        CKA in [0, 1] (the unbiased estimate can dip slightly below 0).
+        CKA in [0, 1] (the unbiased estimate can dip slightly below 0); 0 when either representation
+        is constant (e.g. the CLS token before block 0), where CKA is undefined.
     """
     X, Y = _as2d(X, "X"), _as2d(Y, "Y")
     _check_pair(X, Y)

@@ -34,7 +34,7 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], description: str, 
         return 0
     name = argv[0]
     module = importlib.import_module(commands[name][0])
-    sp = argparse.ArgumentParser(prog=f"{prog} {name}", description=commands[name][1])
+    sp = argparse.ArgumentParser(prog=f"{prog} {name}", description=commands[name][1].replace("%%", "%"))
     module.add_arguments(sp)
     args = sp.parse_args(argv[1:])
     try:

@@ -705,6 +705,11 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
                 tqdm.write(f"NaN guard: rolled back to the end of epoch {t.epoch} with the LR x{factor} "
                            f"(rollback {t.guard.rollbacks}/{t.guard.max_rollbacks}).")
             continue
+        if info.enabled:  # BatchNorm statistics are per rank: average them (timm distribute_bn)
+            from timm.utils import distribute_bn
+
+            for module in [t.model] + ([t.ema.module] if t.ema is not None else []):
+                distribute_bn(module, info.world_size, reduce=True)
         lr = t.lr
         val = evaluate(t.eval_model, val_loader, t.device, cfg.amp, desc="val")
         val_acc, val_f1 = quick_scores(val["labels"], val["probs"])

@@ -37,10 +37,20 @@ def parse_grid(tokens: list[str]) -> dict[str, list[Any]]:
             grid[key] = []
         if key is None:
             raise FerlensError(f"Cannot read '{piece}' in --grid; write key=v1,v2 (e.g. --grid lr=1e-4,3e-4 depth=2,4).")
-        grid[key].append(yaml.safe_load(piece))
+        grid[key].append(_scalar(piece))
     if not grid:
         raise FerlensError("--grid is empty; pass e.g. --grid lr=1e-4,3e-4 depth=2,4.")
     return grid
+
+
+def _scalar(text: str) -> Any:
+    """int, float (``1e-4`` too, which YAML 1.1 reads as a string), else a YAML scalar."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -88,7 +88,7 @@ def run_column(run: Path, image: Image.Image, methods: list[str], target_name: s
     label_names = tuple(config.get("label_names") or [str(i) for i in range(config["num_classes"])])
     size = int(config["input"]["img_size"])
     x = transform(image).unsqueeze(0)  # (1, 3, H, W)
-    run_key = f"{run}:{loaders._stamp(run / 'model.safetensors')}"
+    run_key = f"{run}:{loaders.stamp(run / 'model.safetensors')}"
     img_key = explainer.image_key(image)
     pred = explainer.predict(model, x, run_key, img_key, label_names)
     st.markdown(f"**{config['model']['name']}** predicts **{label_names[pred.top]}** ({pred.probs[pred.top]:.2f})")

@@ -1,8 +1,9 @@
 """`probe extract --run RUN [--data SPEC] [--split test] [--batch-size 64] [--patch-tokens] [--force]`:
 cache every layer's CLS / patch / stem readouts in ``<run>/features/<data>-<split>/``.
 
-Under ``torchrun --nproc_per_node N -m probe extract ...`` the ranks split the samples and rank 0
-finalizes the folder.
+Under ``torchrun --nproc_per_node N -m probe extract --runs RUN ...`` the ranks split the samples and
+rank 0 finalizes the folder (spell the option ``--runs`` there: torchrun reads ``--run`` as its own
+``--run-path``).
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run name under artifacts/runs or a run folder (comma list ok)")
+    # "--runs" is an alias because torchrun's own parser takes "--run" for an abbreviation of its "--run-path"
+    parser.add_argument("--run", "--runs", dest="run", required=True,
+                        help="run name under artifacts/runs or a run folder (comma list ok); under torchrun use --runs")
     parser.add_argument("--data", default=None, help="dataset spec (default: the run's data.spec)")
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")

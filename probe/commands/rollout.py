@@ -117,10 +117,13 @@ def run_explain(args: argparse.Namespace) -> int:
     mean, std = config["input"]["mean"], config["input"]["std"]
     labels = [f"{label_names[int(y)][:3]}>{label_names[int(p)][:3]}" for y, p in zip(batch.labels[:k], targets[:k])]
     fig_dir = artifacts_root() / "figures" / run_dir.name
-    for method, maps in all_maps.items():
-        name = method if args.layer is None else f"{method}@{args.layer}"
-        overlay.save_png(overlay.overlay_grid(batch.images[:k], {name: maps[:k]}, mean, std, labels),
+    named = {(m if args.layer is None else f"{m}@{args.layer}"): maps[:k] for m, maps in all_maps.items()}
+    for name, maps in named.items():
+        overlay.save_png(overlay.overlay_grid(batch.images[:k], {name: maps}, mean, std, labels),
                          fig_dir / f"{name}.png")
+    if len(named) > 1:                                                   # one grid, a column per method
+        overlay.save_png(overlay.overlay_grid(batch.images[:k], named, mean, std, labels),
+                         fig_dir / f"{'+'.join(named)}.png")
     print_table(rows, METRIC_COLUMNS)
     print(f"wrote {out / 'attribution_metrics.csv'} and overlays in {fig_dir}")
     return 0

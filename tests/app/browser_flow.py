@@ -136,6 +136,10 @@ def run_flow(root: Path, out_dir: Path, screenshot_dir: Path | None = None) -> d
                 timings["server_cpu"][title] = server_cpu(proc.pid) - c
                 timings["problems"][title] = problems(page)
                 shoot(f"{k:02d}_{title.lower()}")
+                if title == "Probes":
+                    timings["download_png_bytes"] = download_png(page, out_dir / "probes_chart.png")
+                    if not timings["download_png_bytes"]:
+                        timings["problems"][title].append("the PNG download is not a PNG")
                 if title == "Explain":
                     c = server_cpu(proc.pid)
                     timings["explain_request"] = explain_request(page)
@@ -179,3 +183,12 @@ def explain_request(page) -> float:
     wait_idle(page)
     page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60_000)
     return time.perf_counter() - t
+
+
+def download_png(page, path: Path) -> int:
+    """Click the first chart's PNG button, save the file and return its size (0 when it is not a PNG)."""
+    with page.expect_download(timeout=60_000) as info:
+        page.locator('[data-testid="stDownloadButton"] button', has_text="PNG").first.click()
+    info.value.save_as(str(path))
+    data = path.read_bytes()
+    return len(data) if data[:8] == b"\x89PNG\r\n\x1a\n" else 0

@@ -1,6 +1,7 @@
 """Fixtures for the app tests: one demo artifacts root per session, and an empty one."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the app package lives at the repo root
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# no background model warm-up inside the test process (the browser test's server keeps it on)
+os.environ["FERLENS_APP_WARMUP"] = "0"
 
 from app_fixtures import build_artifacts  # noqa: E402
 

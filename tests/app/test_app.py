@@ -128,7 +128,8 @@ def test_run_path_cannot_escape_root(demo_root, use_root):
         errors = [e.value for e in at.sidebar.error]
         assert len(errors) == 1 and "outside the artifacts root" in errors[0], (escape, errors)
         assert len(at.multiselect(key="runs").options) == 3  # nothing outside the root was added
-    at.text_input(key="run_path").set_value("tiny_vit_a").run()
+    at.multiselect(key="runs").set_value([]).run()
+    at.text_input(key="run_path").set_value("tiny_vit_a").run()  # a typed name inside the root is selected
     assert not at.sidebar.error
     assert [Path(r).name for r in at.multiselect(key="runs").value] == ["tiny_vit_a"]
 
@@ -249,3 +250,42 @@ def test_missing_artifacts_name_their_command(demo_root, tmp_path, use_root):
         codes = " ".join(c.value for c in at.code)
         assert command in codes, (page, codes)
         assert any(b.label.startswith("Run it now") for b in at.button) == button, page
+
+
+@pytest.mark.slow
+def test_run_button_produces_missing_profile(demo_root, tmp_path, use_root):
+    """The cheap command behind the button really runs (a `train profile` subprocess) and the chart appears."""
+    import shutil
+
+    pytest.importorskip("train.commands.profile")
+    root = use_root(tmp_path)
+    run = root / "runs" / "bare"
+    run.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(demo_root / "runs" / "tiny_vit_a" / f, run / f)
+    at = open_page("efficiency.py")
+    assert not charts(at)
+    next(b for b in at.button if b.label.startswith("Run it now")).click().run(timeout=240)
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert (run / "profile.json").is_file()
+    rows = pd_concat(chart_data(charts(at)[0]))
+    assert sorted(rows["batch_size"]) == [1, 8] and (rows["throughput"] > 0).all()
+
+
+def test_chart_downloads_are_png_svg_csv():
+    """The deferred download callables of show_chart render real PNG/SVG bytes through vl-convert."""
+    import pandas as pd
+
+    from app import charts as app_charts
+
+    df = pd.DataFrame({"run": ["a", "a", "b", "b"], "layer": ["tokens", "blocks.0"] * 2, "score": [.3, .5, .4, .6],
+                       "lo": [.2, .4, .3, .5], "hi": [.4, .6, .5, .7]})
+    chart = app_charts.line_with_ci(df, x="layer", y="score", lo="lo", hi="hi", chance=0.14,
+                                    x_sort=["tokens", "blocks.0"])
+    png, svg = app_charts._png(chart.to_dict()), app_charts._svg(chart.to_dict())
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    assert svg.lstrip().startswith(b"<svg") and b"</svg>" in svg
+    spec = chart.to_dict()
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
+    assert marks == ["area", "line", "rule"]  # CI band, lines, chance

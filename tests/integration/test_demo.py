@@ -29,7 +29,9 @@ def test_plan_names_every_stage_in_order(tmp_path):
         assert want in names
     fit = stages[1]
     assert fit.argv[:4] == ["train", "fit", "-c", "demo"] and "ferlens_tiny_vit_s3" in fit.argv and fit.required
-    assert stages[names.index("linear probes")].argv[-4:] == ["--tokens", "cls,patch", "--targets", "all"]
+    linear = stages[names.index("linear probes")].argv
+    assert linear[:5] == ["probe", "linear", "--run", "quick_vit,quick_cataftermlp", "--tokens"]
+    assert linear[5:8] == ["cls,patch", "--targets", "all"] and linear[-4:] == ["--cv", "3", "--seeds", "1"]
 
 
 def test_stamps_skip_until_an_input_changes(tmp_path):

@@ -32,6 +32,7 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_explain_commands_merge_one_table(run_dir, _artifacts_root, capsys):
     from probe.cli import main
 
@@ -48,7 +49,7 @@ def test_explain_commands_merge_one_table(run_dir, _artifacts_root, capsys):
             assert 0.0 <= float(r[k]) <= 1.0
         assert float(r["part_mass"]) + float(r["nonpart_mass"]) <= 1.0 + 1e-6
     # re-running a method replaces its row instead of appending
-    assert main(["gradcam", "--run", "cat", "--n", "2", "--steps", "4", "--methods", "gradcam"]) == 0
+    assert main(["gradcam", "--run", "cat", "--n", "2", "--steps", "2", "--methods", "gradcam"]) == 0
     table = json.loads((run_dir / "explain" / "attribution_metrics.json").read_text())["rows"]
     assert [r["method"] for r in table].count("gradcam") == 1 and len(table) == 4
     agree = _csv(run_dir / "explain" / "agreement.csv")
@@ -58,10 +59,11 @@ def test_explain_commands_merge_one_table(run_dir, _artifacts_root, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_intervene_writes_rows_per_layer_and_mode(run_dir, capsys):
     from probe.cli import main
 
-    assert main(["intervene", "--run", "cat", "--n", "6"]) == 0
+    assert main(["intervene", "--run", "cat", "--n", "4"]) == 0
     rows = _csv(run_dir / "explain" / "interventions.csv")
     assert list(rows[0]) == ["layer", "mode", "accuracy", "delta_accuracy", "mean_logit_change", "n"]
     keys = {(r["layer"], r["mode"]) for r in rows}

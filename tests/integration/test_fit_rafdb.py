@@ -9,15 +9,15 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+
 def test_fit_on_rafdb_fixture(tmp_path):
     pytest.importorskip("train.models")
     pytest.importorskip("train.engine")
     from train.cli import main
+    from train.data import load_dataset, synthfer
     from train.runs import list_runs
 
-    from train.data import load_dataset, synthfer
-
-    root = synthfer.export(tmp_path / "RAF-DB", size=48, n=112, seed=0, fmt="rafdb")  # the RAF-DB layout
+    root = synthfer.export(tmp_path / "RAF-DB", size=48, n=70, seed=0, fmt="rafdb")  # the RAF-DB layout
     spec = f"rafdb:{root}"
     n_test = len(load_dataset(spec, "test"))
     rc = main(["fit", "--model", "ferlens_tiny_vit_s3", "--data", spec, "--epochs", "1", "--batch_size", "16",

@@ -145,15 +145,13 @@ def canonical_label(word: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------- splitting
-def carve_split(labels: np.ndarray, fraction: float, seed: int,
-                groups: Sequence[Any] | None = None) -> np.ndarray:
+def carve_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Deterministically mark a ``fraction`` of samples (stratified by label) as held out.
 
     Args:
         labels: (N,) int labels; each class gives ``round(fraction * count)`` samples.
         fraction: share to hold out.
         seed: the permutation seed (same seed + same label file -> same split).
-        groups: optional (N,) group ids; when given whole groups are held out (not stratified).
 
     Returns:
         (N,) bool mask, True for held-out samples.
@@ -161,11 +159,6 @@ def carve_split(labels: np.ndarray, fraction: float, seed: int,
     labels = np.asarray(labels)
     mask = np.zeros(len(labels), dtype=bool)
     rng = np.random.default_rng(seed)
-    if groups is not None:
-        uniq = sorted(set(groups))
-        chosen = rng.permutation(len(uniq))[: int(round(fraction * len(uniq)))]
-        held = {uniq[i] for i in chosen}
-        return np.asarray([g in held for g in groups], dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         k = int(round(fraction * len(idx)))
@@ -181,8 +174,6 @@ def image_problem(path: Path | str) -> str | None:
             im.size  # noqa: B018 - the header is parsed by open(); size proves it
     except FileNotFoundError:
         return "missing"
-    except FerlensError as e:
-        return str(e)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return f"unreadable ({type(e).__name__})"
     return None

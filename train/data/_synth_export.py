@@ -9,6 +9,7 @@ RAF-DB layout (what ``rafdb:PATH`` readers expect)::
 RAF-DB has no validation split: SynthFER's train and val identities become ``train_*`` files (val
 after train), its test identities ``test_*``. Image-folder layout: ``{train,val,test}/<class>/<id>.png``.
 Every file goes through ``train.io.atomic_write_*``; a ``synthfer.json`` manifest is written last.
+``splits`` arguments below are ``{"train"|"val"|"test": SynthFER}``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from ..errors import FerlensError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..labels import canonical
 from ._synth_render import landmarks
-from .synthfer import SynthFER, parse_options
 
 # RAF-DB basic label codes: 1 surprise, 2 fear, 3 disgust, 4 happiness, 5 sadness, 6 anger, 7 neutral
 RAFDB_LABELS: dict[str, int] = {"surprise": 1, "fear": 2, "disgust": 3, "happiness": 4, "sadness": 5,
@@ -41,7 +41,7 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _export_rafdb(out: Path, splits: dict[str, SynthFER]) -> dict[str, int]:
+def _export_rafdb(out: Path, splits: dict) -> dict[str, int]:
     """Write the RAF-DB basic layout; returns file counts per RAF-DB split."""
     names = canonical(7)
     lines: list[str] = []
@@ -69,7 +69,7 @@ def _export_rafdb(out: Path, splits: dict[str, SynthFER]) -> dict[str, int]:
     return counts
 
 
-def _export_folder(out: Path, splits: dict[str, SynthFER]) -> dict[str, int]:
+def _export_folder(out: Path, splits: dict) -> dict[str, int]:
     """Write ``<split>/<class>/<sample_id>.png``; returns file counts per split."""
     counts = {}
     for split, ds in splits.items():
@@ -94,6 +94,8 @@ def export(out_dir, *, size: int = 64, n: int = 12000, seed: int = 0, fmt: str =
     Returns:
         The output folder.
     """
+    from .synthfer import SynthFER, parse_options  # synthfer re-exports this module's functions
+
     if fmt not in EXPORTERS:
         raise FerlensError(f"Unknown SynthFER export format '{fmt}'; use one of {', '.join(FORMATS)}.")
     size, n, seed = parse_options(size, n, seed)
@@ -126,6 +128,8 @@ def contact_sheet(path, *, size: int = 64, seed: int = 0, per_class: int = 8, n:
     Returns:
         The written path.
     """
+    from .synthfer import SynthFER, parse_options
+
     size, n, seed = parse_options(size, n, seed)
     if not 1 <= int(per_class) <= 64:
         raise FerlensError(f"per_class={per_class} is out of range; use 1 to 64 samples per class.")

@@ -68,15 +68,11 @@ def split_records(base: Path, split: str, val_frac: float, test_frac: float, see
         per_split = {s: class_folders(base / s) for s in SPLITS if (base / s).is_dir()}
         present = {c for files in per_split.values() for c in files}
         names = canonical(8 if "contempt" in present else 7)
-        if split == "val" and "val" not in per_split:
-            if "train" not in per_split:
-                return [], names
-            pool = _records(per_split["train"], base, names)
-            return [r for r, h in zip(pool, _carve(pool, val_frac, seed)) if h], names
-        if split == "train" and "val" not in per_split and "train" in per_split:
-            pool = _records(per_split["train"], base, names)
-            return [r for r, h in zip(pool, _carve(pool, val_frac, seed)) if not h], names
-        return _records(per_split.get(split, {}), base, names), names
+        if "val" in per_split or split == "test":
+            return _records(per_split.get(split, {}), base, names), names
+        pool = _records(per_split.get("train", {}), base, names)  # no val/: carve it from train/
+        held = _carve(pool, val_frac, seed)
+        return [r for r, h in zip(pool, held) if h == (split == "val")], names
     files = class_folders(base)
     names = canonical(8 if "contempt" in files else 7)
     pool = _records(files, base, names)
@@ -97,6 +93,9 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     test_frac = F.parse_fraction("test_frac", options.get("test_frac", "0.1"))
     seed = F.parse_int("seed", options.get("seed", "0"), lo=0)
     strict = F.parse_bool("strict", options.get("strict", "0"))
+    if val_frac + test_frac >= 1:
+        raise FerlensError(f"val_frac={val_frac} and test_frac={test_frac} leave nothing to train on; keep "
+                           "their sum below 1.")
     base = F.require_root(root, "folder", "train/ val/ test/ or class folders such as happy/ sad/")
     if not base.is_dir():
         raise FerlensError(f"{base} is a file; point folder: at a directory of class folders.")

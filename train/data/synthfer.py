@@ -11,7 +11,6 @@ Public API: ``load``, ``render``, ``PART_NAMES``, ``CLASS_PARTS``, ``SynthFER`` 
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any
 
@@ -83,12 +82,12 @@ def sample_factors(n: int, seed: int) -> dict[str, np.ndarray]:
     n_ids = num_identities(n)
     cols: dict[str, np.ndarray] = {
         "expression": rng.integers(0, len(EXPRESSIONS), n),
-        "intensity": rng.uniform(0.6, 1.0, n),
+        "intensity": rng.uniform(0.7, 1.0, n),
         "jitter": rng.standard_normal((n, len(PARAM_NAMES))).clip(-2.5, 2.5),
         "identity": rng.integers(0, n_ids, n),
         "yaw": rng.uniform(-30, 30, n),
         "roll": rng.uniform(-18, 18, n),
-        "scale": rng.uniform(0.56, 0.72, n),
+        "scale": rng.uniform(0.62, 0.78, n),
         "tx": rng.uniform(-0.12, 0.12, n),
         "ty": rng.uniform(-0.10, 0.10, n),
         "illumination": rng.integers(0, len(ILLUMINATIONS), n),
@@ -266,14 +265,9 @@ def load(root: str | None, split: str, size: Any = 64, n: Any = 12000, seed: Any
     return SynthFER(split, size=size_i, n=n_i, seed=seed_i)
 
 
-def __getattr__(name: str):
-    # exporters live in their own module (PIL text drawing, file layout) and load on first use
-    if name in ("export", "contact_sheet", "RAFDB_LABELS"):
-        from . import _synth_export
-
-        return getattr(_synth_export, name)
-    raise AttributeError(name)
+# the exporters need SynthFER defined above, so they are imported last
+from ._synth_export import RAFDB_LABELS, contact_sheet, export  # noqa: E402
 
 
-__all__ = ["CLASS_PARTS", "EXPRESSIONS", "PART_INDEX", "PART_NAMES", "SynthFER", "contact_sheet", "export",
+__all__ = ["CLASS_PARTS", "EXPRESSIONS", "PART_INDEX", "PART_NAMES", "RAFDB_LABELS", "SynthFER", "contact_sheet", "export",
            "load", "render", "sample_factors", "split_indices", "with_changes"]

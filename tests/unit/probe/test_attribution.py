@@ -103,14 +103,14 @@ def test_integrated_gradients_completeness():
 def test_randomised_model_changes_the_maps():
     from probe.metrics import cascading_randomisation
 
-    model = _tiny("vit", depth=2, embed_dim=32, num_heads=2)
-    x = torch.randn(2, 3, 32, 32)
+    model = _tiny("vit", depth=1, embed_dim=32, num_heads=2)
+    x = torch.randn(1, 3, 32, 32)
 
     def fn(m, images, t):
         return attribution.explain(m, images, "gradcam", target=t)
 
     rows = cascading_randomisation(model, x, fn)
-    assert [r["randomised"] for r in rows] == ["head", "blocks.1", "blocks.0", "stem"]
+    assert [r["randomised"] for r in rows] == ["head", "blocks.0", "stem"]
     assert rows[-1]["spearman"] < 0.5
     again = fn(model, x, model(x).argmax(-1))                       # the original model is untouched
     assert torch.allclose(again, fn(model, x, model(x).argmax(-1)))

@@ -105,7 +105,8 @@ def test_bad_inputs_are_one_sentence():
 
 def _tiny(block: str, img_size: int = 32):
     models = pytest.importorskip("train.models")
-    return models.create_model(f"ferlens_tiny_{block}_s3", num_classes=7, img_size=img_size).eval()
+    return models.create_model(f"ferlens_tiny_{block}_s3", num_classes=7, img_size=img_size, depth=2,
+                               embed_dim=32, num_heads=2).eval()
 
 
 @pytest.mark.parametrize("block", ["vit", "cataftermlp", "clsonly"])

@@ -7,6 +7,7 @@ the loaders' tables (the code tables below are copied from the datasets' documen
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from pathlib import Path
 
@@ -465,6 +466,18 @@ def test_folder_split_layout_with_aliases(tmp_path, faces):
         load_dataset(f"folder:{tmp_path}", "train")
 
 
+def test_folder_without_val_carves_it_from_train(tmp_path, faces):
+    for split, count in (("train", 10), ("test", 1)):
+        for name in CANONICAL7:
+            for j in range(count):
+                save_jpg(faces.face(name), tmp_path / split / name / f"{j}.jpg", 32)
+    train, val = (load_dataset(f"folder:{tmp_path}", s) for s in ("train", "val"))
+    assert (len(train), len(val)) == (63, 7) and set(train.sample_ids).isdisjoint(val.sample_ids)
+    assert all(sid.startswith("train/") for sid in val.sample_ids)
+    with pytest.raises(FerlensError, match="leave nothing to train on"):
+        load_dataset(f"folder:{tmp_path},val_frac=0.5,test_frac=0.5", "train")
+
+
 def test_folder_single_root_split_and_contempt(tmp_path, faces):
     for name in CANONICAL8:
         for j in range(10):
@@ -584,7 +597,9 @@ def test_cli_info_check_and_bad_synth_args(broken_rafdb, capsys):
     assert "rafdb:" in out and "happiness" in out and "gender" in out and "100-100" in out
     row = next(line for line in out.splitlines() if line.startswith("total"))
     assert row.split()[1:] == ["7", "33"]
-    assert main(["data", "check", f"rafdb:{broken_rafdb}"]) == 0
+    report_path = broken_rafdb / "check.json"
+    assert main(["data", "check", f"rafdb:{broken_rafdb}", "--json", str(report_path)]) == 0
+    assert json.loads(report_path.read_text())["n_bad"] == 3
     out = capsys.readouterr().out
     assert "test_00010_aligned.jpg: missing" in out and "3 of 42 files are missing or corrupt" in out
     assert main(["data", "check", f"rafdb:{broken_rafdb}", "--strict"]) == 2

@@ -153,3 +153,22 @@ def test_safetensors_backbone_loads(tmp_path):
     load_backbone_weights(dst, tmp_path / "t.safetensors")
     for k, v in src.stem.state_dict().items():
         assert torch.equal(dst.stem.state_dict()[k], v)
+
+
+def test_timm_cnn_and_ferlens_run_weights_load_into_the_stem(tmp_path):
+    import timm
+
+    from train.runs import save_weights
+
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "r18.pth")
+    m = create_model("ferlens_tiny_vit_s3", backbone="timm:resnet18", depth=1)
+    report = load_backbone_weights(m, tmp_path / "r18.pth")  # stage-3 tokens: layer4 and fc are skipped
+    assert report.loaded == len(m.stem.state_dict())
+    assert {k.split(".")[0] for k in report.skipped["unbuilt later-stage"]} == {"layer4"}
+    assert report.skipped["output_layer (face-recognition head)"] == ["fc.weight", "fc.bias"]
+    src = create_model("ferlens_tiny_vit_s3", depth=1)
+    save_weights(tmp_path / "model.safetensors", src)
+    dst = create_model("ferlens_tiny_clsonly_s3", depth=2)
+    report = load_backbone_weights(dst, tmp_path / "model.safetensors")
+    assert report.loaded == len(dst.stem.state_dict()) and report.skipped["non-backbone (token part of a ferlens run)"]
+    assert torch.equal(dst.stem.input_layer[0].weight, src.stem.input_layer[0].weight)

@@ -163,9 +163,7 @@ def test_caching_attention_does_not_change_outputs_and_restores_fused(name):
         else:
             q, k, _ = blk.attn.qkv(z).chunk(3, dim=-1)
         split = lambda t: t.reshape(t.shape[0], t.shape[1], m.num_heads, -1).transpose(1, 2)  # noqa: E731
-        ref = (split(q) @ split(k).transpose(-2, -1) * blk.attn.scale).softmax(-1)
-        if not m.class_attention:
-            ref = ref  # (B, heads, 1+N, 1+N)
+        ref = (split(q) @ split(k).transpose(-2, -1) * blk.attn.scale).softmax(-1)  # (B, heads, Nq, 1+N)
     torch.testing.assert_close(cache["blocks.0.attn"], ref, rtol=1e-5, atol=1e-6)
 
 

@@ -214,8 +214,9 @@ def test_small_calibration_pixels_carry_nuisance_not_expression():
     and background are decodable. The full-size calibration (32x32, default set) is in the bench notes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
-    ds = S.SynthFER("train", size=32, n=700, seed=0)
+    ds = S.SynthFER("train", size=32, n=450, seed=0)
     X = np.stack([np.asarray(ds.load_image(i).convert("L").resize((16, 16), Image.BILINEAR), np.float32).ravel()
                   for i in range(len(ds))])
     X = StandardScaler().fit_transform(X)
@@ -225,7 +226,8 @@ def test_small_calibration_pixels_carry_nuisance_not_expression():
 
     def acc(y, C=0.01):
         y = np.asarray(y)
-        return LogisticRegression(C=C, max_iter=100).fit(X[tr], y[tr]).score(X[te], y[te])
+        with threadpool_limits(1):  # tiny problem: BLAS threads only add contention
+            return LogisticRegression(C=C, max_iter=100).fit(X[tr], y[tr]).score(X[te], y[te])
 
     ident = ds.attr_array("identity")
     assert acc(ident) > 5.0 / len(np.unique(ident))

@@ -1,0 +1,57 @@
+"""Extraction overhead: all layers' cls/patch/stem readouts (and with attention requested) vs a bare
+forward pass over the same batches. Target: ≤ 1.10× the bare forward.
+
+    python -m bench.bench_extract
+"""
+from __future__ import annotations
+
+import time
+
+
+def _time(fn, batches, repeats: int = 3) -> float:
+    fn(batches[0])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for b in batches:
+            fn(b)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(model_name: str = "ferlens_tiny_vit_s3", img_size: int = 64, batch_size: int = 32, n_batches: int = 4) -> dict:
+    import torch
+
+    from probe.cache import run_with_cache
+    from probe.features import batch_readouts, stem_layer, token_layers
+    from train.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=7, img_size=img_size).eval()
+    batches = [torch.randn(batch_size, 3, img_size, img_size) for _ in range(n_batches)]
+    layers, stem = token_layers(model), stem_layer(model)
+    attn = [f"blocks.{i}.attn" for i in range(len(model.blocks))]
+
+    def bare(x):
+        with torch.inference_mode():
+            model(x)
+
+    def readouts(x):
+        batch_readouts(model, x, layers=layers, stem=stem)
+
+    def with_attention(x):
+        with torch.inference_mode():
+            run_with_cache(model, x, names=layers + attn + ([stem] if stem else []))
+
+    t_bare = _time(bare, batches)
+    result = {"model": model_name, "img_size": img_size, "batch_size": batch_size, "bare_s": t_bare,
+              "extract_ratio": _time(readouts, batches) / t_bare,
+              "extract_with_attention_ratio": _time(with_attention, batches) / t_bare}
+    print(f"extraction vs bare forward ({model_name}, {img_size}px, {n_batches}×{batch_size}): "
+          f"readouts {result['extract_ratio']:.3f}× (target ≤ 1.10×), "
+          f"with attention {result['extract_with_attention_ratio']:.3f}×")
+    return result
+
+
+if __name__ == "__main__":
+    main()
