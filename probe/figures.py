@@ -29,7 +29,7 @@ from train.labels import CANONICAL8
 from train.io import atomic_write_csv, atomic_write_json, read_json
 from train.runs import resolve_run
 
-from .plotting import FORMATS, FULL_WIDTH, color_scale, expression_scale, save_chart, token_scale
+from .plotting import FORMATS, FULL_WIDTH, PNG_SCALE, color_scale, expression_scale, save_chart, token_scale
 
 ATTRIBUTION_METHODS: tuple[str, ...] = ("rollout", "cls_attention", "gradcam", "ig")
 METHOD_TITLES = {"rollout": "rollout", "cls_attention": "CLS attn", "gradcam": "Grad-CAM", "ig": "IG",
@@ -198,7 +198,8 @@ def probe_accuracy_data(runs: Sequence[RunInfo]) -> pd.DataFrame:
 def selectivity_data(runs: Sequence[RunInfo]) -> pd.DataFrame:
     """Figure 2 data: selectivity (accuracy − control accuracy) per target × layer × readout."""
     df = probe_table(runs)
-    df = df[df.tokens.isin(["cls", "patch"]) & (df.layer_index >= 0) & df.selectivity.notna()]
+    df = df[df.tokens.isin(["cls", "patch"]) & (df.layer_index >= 0) & df.selectivity.notna()
+            & (df.metric == "accuracy")]  # R² selectivities of continuous targets are in other units
     if df.empty:
         raise MissingArtifacts("probe selectivities (categorical targets)",
                                f"probe linear --run {','.join(r.name for r in runs)} --tokens cls,patch --targets all")
@@ -711,7 +712,7 @@ def parse_only(text: str | None) -> list[int]:
 
 
 def render_figure(figure: Figure, runs: Sequence[RunInfo], out: Path, formats: Sequence[str] = FORMATS,
-                  attribution_source: AttributionSource | None = None) -> FigureResult:
+                  attribution_source: AttributionSource | None = None, scale: float = PNG_SCALE) -> FigureResult:
     """Load, draw and write one figure (+ its CSV); missing artifacts give a skipped result."""
     stem = out / figure.name
     try:
@@ -723,7 +724,7 @@ def render_figure(figure: Figure, runs: Sequence[RunInfo], out: Path, formats: S
         chart = figure.chart(df)
     except MissingArtifacts as e:
         return FigureResult(figure.number, figure.name, note=str(e))
-    files = save_chart(chart, stem, formats)
+    files = save_chart(chart, stem, formats, scale=scale)
     table = df.drop(columns=["url"], errors="ignore")
     files["csv"] = atomic_write_csv(stem.with_suffix(".csv"), table.to_dict("records"), list(table.columns))
     return FigureResult(figure.number, figure.name, files=files)
@@ -745,7 +746,8 @@ def _save_grid_arrays(path: Path, grids: dict[str, AttributionGrid]) -> None:
 
 def render_figures(runs: Sequence[str | Path], out: str | Path, only: Iterable[int] | None = None,
                    formats: Sequence[str] = FORMATS,
-                   attribution_source: AttributionSource | None = None) -> list[FigureResult]:
+                   attribution_source: AttributionSource | None = None,
+                   scale: float = PNG_SCALE) -> list[FigureResult]:
     """Render the chosen figures for ``runs`` into ``out`` and write ``figures.json`` (a manifest).
 
     Args:
@@ -754,11 +756,12 @@ def render_figures(runs: Sequence[str | Path], out: str | Path, only: Iterable[i
         only: figure numbers (default all eight).
         formats: subset of png, svg, pdf.
         attribution_source: how figure 5 gets its maps (default: computed live with ``probe.explain``).
+        scale: PNG pixels per point (3 → 216 dpi).
     """
     infos = load_runs(list(runs))
     out = Path(out)
     numbers = list(only) if only is not None else list(FIGURES)
-    results = [render_figure(FIGURES[n], infos, out, formats, attribution_source) for n in numbers]
+    results = [render_figure(FIGURES[n], infos, out, formats, attribution_source, scale) for n in numbers]
     manifest_path = out / "figures.json"
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     figures = previous.get("figures", {}) if previous.get("runs") == [r.name for r in infos] else {}

@@ -155,16 +155,19 @@ class ProbeProblem:
 
 def _sklearn_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int):
     """Reference engine: LogisticRegressionCV per feature matrix, then the control at the chosen C."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     preds, cpreds, chosen = [], [], []
-    for xtr, xte in zip(prob.x_train, prob.x_test):
-        clf = LogisticRegressionCV(Cs=list(Cs), cv=prob.inner, l1_ratios=(0.0,), scoring="accuracy",
-                                   max_iter=max_iter, use_legacy_attributes=False).fit(xtr, prob.y_train)
-        ctrl = LogisticRegression(C=float(clf.C_), max_iter=max_iter).fit(xtr, prob.c_train)
-        preds.append(clf.predict(xte))
-        cpreds.append(ctrl.predict(xte))
-        chosen.append(float(clf.C_))
+    with warnings.catch_warnings():  # max_iter is sklearn's default; the torch engine stops there silently too
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for xtr, xte in zip(prob.x_train, prob.x_test):
+            clf = LogisticRegressionCV(Cs=list(Cs), cv=prob.inner, l1_ratios=(0.0,), scoring="accuracy",
+                                       max_iter=max_iter, use_legacy_attributes=False).fit(xtr, prob.y_train)
+            ctrl = LogisticRegression(C=float(clf.C_), max_iter=max_iter).fit(xtr, prob.c_train)
+            preds.append(clf.predict(xte))
+            cpreds.append(ctrl.predict(xte))
+            chosen.append(float(clf.C_))
     return np.stack(preds), np.stack(cpreds), np.asarray(chosen)
 
 

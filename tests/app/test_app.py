@@ -288,4 +288,4 @@ def test_chart_downloads_are_png_svg_csv():
     assert svg.lstrip().startswith(b"<svg") and b"</svg>" in svg
     spec = chart.to_dict()
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
-    assert marks == ["area", "line", "rule"]  # CI band, lines, chance
+    assert marks == ["area", "line", "point", "rule"]  # CI band, lines, points (legends), chance

@@ -149,3 +149,23 @@ def test_nonfinite_locators():
     assert first_nonfinite_tensor(net.state_dict()) == "2.weight"
     net(torch.ones(1, 2)).sum().backward()
     assert first_nonfinite_grad(net) in ("0.weight", "2.weight")
+
+
+def test_backbone_weights_freeze_and_lr_mult_from_config(tmp_path, model):
+    from safetensors.torch import save_file
+
+    from train.config import resolve_config
+    from train.engine import build_model
+
+    path = tmp_path / "stem.safetensors"
+    save_file({k: v.contiguous() for k, v in model.stem.state_dict().items()}, str(path))
+    cfg = resolve_config(None, ["--model", "ferlens_tiny_vit_s3", "--img_size", "32", "--model_kwargs.depth", "1",
+                                "--model_kwargs.embed_dim", "32", "--model_kwargs.num_heads", "2",
+                                "--backbone-weights", str(path), "--freeze", "stages:1-1", "--backbone_lr_mult", "0.1"])
+    torch.manual_seed(1)                          # a different init: the loaded stem must win
+    m = build_model(cfg, 7)
+    assert all(torch.equal(v, model.stem.state_dict()[k]) for k, v in m.stem.state_dict().items())
+    assert not any(p.requires_grad for p in m.stem.input_layer.parameters())
+    assert all(p.requires_grad for p in m.stem.body[-1].parameters())
+    scales = {g["lr_scale"] for g in param_groups(m, cfg)}
+    assert scales == {0.1, 1.0}

@@ -89,7 +89,7 @@ def test_render_is_a_pure_function_of_factors(ds64):
 
 def test_part_masks_contain_class_parts(ds64):
     assert S.PART_NAMES[0] == "background" and len(S.PART_NAMES) == 10
-    assert set(S.CLASS_PARTS) == set(CANONICAL7)
+    assert set(S.CLASS_PARTS) == set(CANONICAL7) and S.EXPRESSIONS == CANONICAL7
     checked = set()
     for i in range(len(ds64)):
         f = ds64.factors(i)
