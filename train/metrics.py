@@ -65,10 +65,23 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, n_resamples: int = 1000,
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(labels), size=(n_resamples, len(labels)))   # (R, N)
     accs = (labels[idx] == preds[idx]).mean(axis=1)
-    f1s = np.array([skm.f1_score(labels[i], preds[i], labels=classes, average="macro", zero_division=0)
-                    for i in idx])
+    f1s = _macro_f1_rows(labels[idx], preds[idx], num_classes)
     return {"accuracy": np.percentile(accs, [2.5, 97.5]).tolist(),
             "macro_f1": np.percentile(f1s, [2.5, 97.5]).tolist()}
+
+
+def _macro_f1_rows(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Macro-F1 of every row of (R, N) label/prediction arrays at once.
+
+    Vectorised for the bootstrap (one sklearn ``f1_score`` call per resample is ~1000x slower); equals
+    ``f1_score(average="macro", labels=range(C), zero_division=0)``: F1_c = 2 TP / (#pred_c + #true_c).
+    """
+    f1 = np.zeros((labels.shape[0], num_classes))
+    for c in range(num_classes):
+        tp = ((labels == c) & (preds == c)).sum(axis=1)
+        denom = (preds == c).sum(axis=1) + (labels == c).sum(axis=1)
+        f1[:, c] = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1.mean(axis=1)
 
 
 def classification_report(labels: np.ndarray, probs: np.ndarray, label_names: Sequence[str],

@@ -74,3 +74,15 @@ def test_t_interval_hand_computed():
     half = 4.302652729911275 * 1.0 / math.sqrt(3)     # t_{0.975, 2} * sd / sqrt(n)
     assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
     assert t_interval([0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_vectorised_macro_f1_equals_sklearn():
+    from sklearn.metrics import f1_score
+
+    from train.metrics import _macro_f1_rows
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 4, (20, 30)), rng.integers(0, 4, (20, 30))
+    p[0] = 3                                            # a row predicting a single class
+    want = [f1_score(a, b, labels=range(5), average="macro", zero_division=0) for a, b in zip(y, p)]
+    assert _macro_f1_rows(y, p, 5) == pytest.approx(want)
