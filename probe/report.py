@@ -81,9 +81,10 @@ def decodable_layer(rows: pd.DataFrame, fraction: float = DECODABLE_FRACTION) ->
         return None
     best = rows.loc[rows.value.idxmax()]
     chance = float(rows.chance.dropna().iloc[0]) if rows.chance.notna().any() else 0.0
-    threshold = chance + fraction * (float(best.value) - chance)
+    above = float(best.value) > chance
+    threshold = chance + fraction * (float(best.value) - chance) if above else float(best.value)
     first = rows[rows.value >= threshold - 1e-12].iloc[0]
-    return {"layer": first.layer, "layer_index": int(first.layer_index), "accuracy": float(first.value),
+    return {"above_chance": above, "layer": first.layer, "layer_index": int(first.layer_index), "accuracy": float(first.value),
             "ci": [float(first.lo), float(first.hi)], "threshold": threshold, "chance": chance,
             "best_layer": best.layer, "best_layer_index": int(best.layer_index), "best_accuracy": float(best.value),
             "best_ci": [float(best.lo), float(best.hi)], "n_layers": int(rows.layer_index.nunique())}
@@ -315,7 +316,11 @@ def _findings(facts: dict[str, Any], doc: Doc) -> None:
     for rec in runs.values():
         dec = rec.get("decodable", {})
         cls, patch = dec.get("cls"), dec.get("patch")
-        if cls:
+        if cls and not cls["above_chance"]:
+            sentences.append(f"In **{rec['label']}**, the CLS expression probe never exceeds chance "
+                             f"({_pct(cls['chance'])}; best {_pct(cls['best_accuracy'])}{_ci(*cls['best_ci'])} at "
+                             f"layer {cls['best_layer_index']}): expression is not linearly decodable from CLS.")
+        elif cls:
             s = (f"In **{rec['label']}**, expression becomes linearly decodable from the CLS token at "
                  f"{_layer_name(cls['layer_index'])}: {_pct(cls['accuracy'])}{_ci(*cls['ci'])} "
                  f"(chance {_pct(cls['chance'])}; best {_pct(cls['best_accuracy'])}{_ci(*cls['best_ci'])} at "
@@ -346,7 +351,7 @@ def _findings(facts: dict[str, Any], doc: Doc) -> None:
                 else:
                     sel = v["selectivity"]
                     cells += [f"{_pct(v['value'])}{_ci(*v['ci'])}", "–" if sel is None else f"{100 * sel:+.1f} pts"]
-            cells.append(_pct(k["chance"]) if k["chance"] is not None else "–")
+            cells.append(_pct(k["chance"]) if k["chance"] is not None and k["metric"] != "r2" else "–")
             rows.append(cells)
         doc.para(f"**{rec['label']}** at {keep[0]['layer']}: probe accuracy [95% CI] and selectivity per target.")
         doc.table(["target", "CLS", "CLS selectivity", "patch", "patch selectivity", "chance"], rows)
