@@ -49,6 +49,7 @@ class Stage:
     inputs: list[Path] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     required: bool = False
+    group: str = ""  # consecutive stages of one group run side by side (the fits: one thread each)
 
     def command(self) -> list[str]:
         """The subprocess command: ``python -m train|probe ...``."""
@@ -90,11 +91,12 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
     stages = [Stage("synthfer", ["train", "data", "info", spec, "--json", str(root / "demo" / "synthfer_info.json")],
                     [root / "demo" / "synthfer_info.json"], required=True)]
     for variant, run in zip(opts.variants, runs):
-        fit = ["train", "fit", "-c", DEMO_PRESET, "--model", opts.model(variant), "--run_name", run, "--data", spec]
+        fit = ["train", "fit", "-c", DEMO_PRESET, "--model", opts.model(variant), "--run_name", run, "--data", spec,
+               "--threads", str(max(1, (os.cpu_count() or 2) // len(opts.variants)))]
         if opts.quick:
             fit += ["--epochs", "1", "--batch_size", "32"]
         stages.append(Stage(f"fit {variant}", fit, [rdir[run] / "model.safetensors", rdir[run] / "metrics.json"],
-                            [preset], [run], required=True))
+                            [preset], [run], required=True, group="fit"))
     weights = [rdir[r] / "model.safetensors" for r in runs]
     joined = ",".join(runs)
     small = ["--cv", "3", "--seeds", "1"] if opts.quick else []  # quick splits have < 5 faces in some classes
@@ -187,20 +189,33 @@ class StageResult:
 
 def run_stage(stage: Stage, root: Path, env: dict[str, str]) -> StageResult:
     """Run one stage in a subprocess with its output in a log file; stamp it on success."""
-    log = root / "demo" / "logs" / (stage.name.replace(" ", "_") + ".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    argv = list(stage.argv)
-    if argv[:2] == ["train", "fit"] and (root / "runs" / argv[argv.index("--run_name") + 1]).exists():
-        argv.append("--overwrite")  # the demo owns its runs; a stale one is replaced
-    start = time.perf_counter()
-    with open(log, "wb") as fh:
-        proc = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0 or not _outputs_exist(stage):
-        return StageResult(stage.name, "failed", seconds, str(log))
-    atomic_write_json(_stamp_path(root, stage), {"fingerprint": fingerprint(stage), "argv": stage.argv,
-                                                 "seconds": round(seconds, 2)})
-    return StageResult(stage.name, "ran", seconds, str(log))
+    return run_stages([stage], root, env)[0]
+
+
+def run_stages(stages: Sequence[Stage], root: Path, env: dict[str, str]) -> list[StageResult]:
+    """Run stages side by side (one subprocess each, output in log files); stamp each success."""
+    started = []
+    for stage in stages:
+        log = root / "demo" / "logs" / (stage.name.replace(" ", "_") + ".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = list(stage.argv)
+        if argv[:2] == ["train", "fit"] and (root / "runs" / argv[argv.index("--run_name") + 1]).exists():
+            argv.append("--overwrite")  # the demo owns its runs; a stale one is replaced
+        fh = open(log, "wb")
+        proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        started.append((stage, log, fh, proc, time.perf_counter()))
+    results = []
+    for stage, log, fh, proc, start in started:
+        returncode = proc.wait()
+        fh.close()
+        seconds = time.perf_counter() - start
+        if returncode != 0 or not _outputs_exist(stage):
+            results.append(StageResult(stage.name, "failed", seconds, str(log)))
+            continue
+        atomic_write_json(_stamp_path(root, stage), {"fingerprint": fingerprint(stage), "argv": stage.argv,
+                                                     "seconds": round(seconds, 2)})
+        results.append(StageResult(stage.name, "ran", seconds, str(log)))
+    return results
 
 
 def _tail(path: str, lines: int = 12) -> str:
@@ -243,23 +258,31 @@ def run_demo(opts: DemoOptions, out=sys.stdout) -> int:
     results: list[StageResult] = []
     total = time.perf_counter()
     width = max(len(s.name) for s in stages)
-    for k, stage in enumerate(stages, 1):
-        tag = f"[{k:2d}/{len(stages)}] {stage.name:<{width}}"
-        if not opts.force and up_to_date(root, stage):
-            results.append(StageResult(stage.name, "skipped", 0.0))
-            print(f"{tag}  up to date", file=out, flush=True)
-            continue
-        print(f"{tag}  running: {stage.display()}", file=out, flush=True)
-        res = run_stage(stage, root, env)
-        results.append(res)
-        if res.status == "failed":
-            print(f"{tag}  FAILED after {res.seconds:.1f} s (log: {res.log})\n{_tail(res.log)}", file=out, flush=True)
-            if stage.required:
-                _write_timings(root, opts, results, time.perf_counter() - total)
-                print(f"demo stopped: stage '{stage.name}' is required by the ones after it.", file=out)
-                return 1
-        else:
-            print(f"{tag}  done in {res.seconds:.1f} s", file=out, flush=True)
+    k = 0
+    while k < len(stages):
+        batch = [stages[k]]
+        while stages[k].group and k + len(batch) < len(stages) and stages[k + len(batch)].group == stages[k].group:
+            batch.append(stages[k + len(batch)])
+        todo = []
+        for j, stage in enumerate(batch, k + 1):
+            tag = f"[{j:2d}/{len(stages)}] {stage.name:<{width}}"
+            if not opts.force and up_to_date(root, stage):
+                results.append(StageResult(stage.name, "skipped", 0.0))
+                print(f"{tag}  up to date", file=out, flush=True)
+            else:
+                print(f"{tag}  running: {stage.display()}", file=out, flush=True)
+                todo.append((tag, stage))
+        for (tag, stage), res in zip(todo, run_stages([s for _, s in todo], root, env)):
+            results.append(res)
+            if res.status == "failed":
+                print(f"{tag}  FAILED after {res.seconds:.1f} s (log: {res.log})\n{_tail(res.log)}", file=out, flush=True)
+                if stage.required:
+                    _write_timings(root, opts, results, time.perf_counter() - total)
+                    print(f"demo stopped: stage '{stage.name}' is required by the ones after it.", file=out)
+                    return 1
+            else:
+                print(f"{tag}  done in {res.seconds:.1f} s", file=out, flush=True)
+        k += len(batch)
     elapsed = time.perf_counter() - total
     _write_timings(root, opts, results, elapsed)
     failed = [r.name for r in results if r.status == "failed"]

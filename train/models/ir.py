@@ -28,7 +28,7 @@ class IRSpec:
 
 IR_SPECS: dict[str, IRSpec] = {
     "ir50": IRSpec(units=(3, 4, 14, 3), widths=(64, 128, 256, 512)),   # face.evoLVe IR-50
-    "tiny": IRSpec(units=(1, 2, 2, 1), widths=(32, 64, 96, 128)),      # CPU work (~0.5 M params to stage 3)
+    "tiny": IRSpec(units=(1, 1, 2, 1), widths=(16, 32, 64, 128)),      # CPU work (~0.1 M params to stage 3)
 }
 
 

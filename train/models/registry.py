@@ -57,7 +57,7 @@ def _create_hybrid(variant: str, pretrained: bool = False, **kwargs: Any) -> Hyb
 def _variant(backbone: str, block: str, stage: int, **extra: Any) -> dict[str, Any]:
     """Hyper-parameter dict of a registered variant (the one place defaults per backbone live)."""
     size = {"ir50": dict(img_size=112, embed_dim=512, num_heads=8, depth=8),
-            "tiny": dict(img_size=64, embed_dim=192, num_heads=4, depth=4)}[backbone]
+            "tiny": dict(img_size=64, embed_dim=160, num_heads=4, depth=4)}[backbone]
     return dict(backbone=backbone, block_type=block, stem_stage=stage, **size, **extra)
 
 
