@@ -212,7 +212,7 @@ def test_mismatched_checkpoint_names_the_keys():
     msg = str(e.value)
     assert "unexpected blocks.1." in msg and "run-x/model.safetensors" in msg and msg.count(".") >= 1
     c = create_model("ferlens_tiny_vit_s3", depth=2, num_classes=3)
-    with pytest.raises(FerlensError, match=r"head.weight \(7, 192\) vs \(3, 192\)"):
+    with pytest.raises(FerlensError, match=r"head.weight \(7, 160\) vs \(3, 160\)"):
         load_state_strict(c, a.state_dict(), "run-x")
     load_state_strict(create_model("ferlens_tiny_vit_s3", depth=2), a.state_dict(), "ok")
 
@@ -221,4 +221,4 @@ def test_timm_cnn_backbone_via_features_only():
     m = create_model("ferlens_tiny_vit_s3", backbone="timm:resnet18", depth=1, img_size=64).eval()
     cache = probe_cache.run_with_cache(m, torch.randn(1, 3, 64, 64), names=["stem.stage3", "tokens"])
     assert m.grid_size == (4, 4) and cache["stem.stage3"].shape == (1, 256, 4, 4)
-    assert cache["tokens"].shape == (1, 17, 192)
+    assert cache["tokens"].shape == (1, 17, m.embed_dim) and m.embed_dim == 160
