@@ -22,13 +22,16 @@ def test_plan_names_every_stage_in_order(tmp_path):
 
     stages = plan(DemoOptions(quick=True), tmp_path)
     names = [s.name for s in stages]
-    assert names[:3] == ["synthfer", "fit vit", "fit cataftermlp"]
+    assert names[:4] == ["synthfer", "fit stem", "fit vit", "fit cataftermlp"]
     assert names[-2:] == ["figures", "report"]
     for want in ("extract", "linear probes", "cka", "umap", "rollout quick_vit", "gradcam quick_vit",
                  "attribute quick_cataftermlp", "intervene quick_vit", "profile quick_cataftermlp"):
         assert want in names
-    fit = stages[1]
+    stem, fit = stages[1], stages[2]
+    assert stem.argv[:4] == ["train", "fit", "-c", "demo"] and "gap" in stem.argv and stem.required
     assert fit.argv[:4] == ["train", "fit", "-c", "demo"] and "ferlens_tiny_vit_s3" in fit.argv and fit.required
+    assert fit.argv[fit.argv.index("--backbone_weights") + 1].endswith("quick_stem/model.safetensors")
+    assert fit.group == stages[3].group == "fit"  # the variants train side by side
     linear = stages[names.index("linear probes")].argv
     assert linear[:5] == ["probe", "linear", "--run", "quick_vit,quick_cataftermlp", "--tokens"]
     assert linear[5:8] == ["cls,patch", "--targets", "all"] and linear[-4:] == ["--cv", "3", "--seeds", "1"]
