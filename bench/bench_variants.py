@@ -4,7 +4,7 @@ Equal backbone, token stage, depth and dim; one process; repeats interleaved acr
 drifts hit every variant alike); medians reported with ratios ``variant / vit`` (higher = faster) and the
 MAC ratio ``vit / variant``. The seed study saw 1.30x training throughput for class attention on a GPU.
 
-    python -m bench.bench_variants                    # tiny IR, stage-3 tokens, 64 px, batch 16
+    python -m bench.bench_variants                    # tiny stem, stage-3 tokens, 64 px, batch 16
     python -m bench.bench_variants --backbone ir50 --stage 4 --batch-size 4   # the study's IR-50 pair
 """
 from __future__ import annotations

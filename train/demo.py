@@ -33,24 +33,19 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VARIANTS = ("vit", "cataftermlp")
 DEMO_PRESET = "demo"  # train/configs/demo.yaml
 QUICK_DATA = "synthfer:size=64,n=420,seed=0"
-STEM_EPOCHS = 4  # epochs of the stem pre-training run (the demo preset's batch size and learning rate)
 
 
 @dataclass
 class Stage:
-    """One demo step: a CLI call, the files it reads and the files it must leave behind.
-
-    ``required`` stages stop the demo when they fail (nothing downstream could work); the others are
-    reported and the demo goes on (figures and the report name what is missing).
-    """
+    """One demo step: a CLI call, the files it reads, the files it must leave behind, and the stages it
+    waits for (``after``). Stages whose ``after`` are done run side by side, one per core."""
 
     name: str
     argv: list[str]
     outputs: list[Path]
     inputs: list[Path] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
-    required: bool = False
-    group: str = ""  # consecutive stages of one group run side by side (the fits: one thread each)
+    after: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
         """The subprocess command: ``python -m train|probe ...``."""
@@ -70,6 +65,7 @@ class DemoOptions:
     force: bool = False
     app: bool = True
     n_explain: int = 64
+    jobs: int = 0  # stages side by side; 0 = one per core
 
     @property
     def prefix(self) -> str:
@@ -83,61 +79,60 @@ class DemoOptions:
 
 
 def plan(opts: DemoOptions, root: Path) -> list[Stage]:
-    """The demo's stages in order, for the runs ``opts`` names, under artifacts ``root``."""
+    """The demo's stages, for the runs ``opts`` names, under artifacts ``root``.
+
+    The order is the start order when several stages are ready: the slowest fit (``vit``) first, then the
+    other fits; each run's probes and explanations wait only for its own fit, so they use the core a
+    finished fit frees while the other variant still trains.
+    """
     runs = [opts.run_name(v) for v in opts.variants]
     rdir = {r: root / "runs" / r for r in runs}
     preset = REPO / "train" / "configs" / f"{DEMO_PRESET}.yaml"
     spec = QUICK_DATA if opts.quick else _preset_data(preset)
     n = 24 if opts.quick else opts.n_explain
     stages = [Stage("synthfer", ["train", "data", "info", spec, "--json", str(root / "demo" / "synthfer_info.json")],
-                    [root / "demo" / "synthfer_info.json"], required=True)]
-    # The study's hybrids start from a pretrained IR-50. From scratch, a CLS-readout hybrid sits on a loss
-    # plateau far longer than its CNN stem does, so the demo first trains the tiny stem with a GAP readout
-    # (cataftermlp + gap = stem + projection + linear head: the CNN baseline) and starts the variants from it.
-    stem_run = f"{opts.prefix}_stem"
-    stem_weights = root / "runs" / stem_run / "model.safetensors"
-    pre = ["train", "fit", "-c", DEMO_PRESET, "--model", "ferlens_tiny_cataftermlp_s3", "--model_kwargs.readout", "gap",
-           "--run_name", stem_run, "--data", spec, "--epochs", "1" if opts.quick else str(STEM_EPOCHS)]
-    if opts.quick:
-        pre += ["--batch_size", "32"]
-    stages.append(Stage("fit stem", pre, [stem_weights, root / "runs" / stem_run / "metrics.json"], [preset],
-                        [stem_run], required=True))
+                    [root / "demo" / "synthfer_info.json"])]
     for variant, run in zip(opts.variants, runs):
+        # One thread per fit: the variants train side by side (measured faster than one after the other
+        # with two threads each: the tiny models do not scale past one core).
         fit = ["train", "fit", "-c", DEMO_PRESET, "--model", opts.model(variant), "--run_name", run, "--data", spec,
-               "--threads", str(max(1, (os.cpu_count() or 2) // len(opts.variants)))]
-        if opts.model(variant).startswith("ferlens_tiny_"):
-            fit += ["--backbone_weights", str(stem_weights)]
+               "--threads", "1"]
         if opts.quick:
             fit += ["--epochs", "1", "--batch_size", "32"]
         stages.append(Stage(f"fit {variant}", fit, [rdir[run] / "model.safetensors", rdir[run] / "metrics.json"],
-                            [preset, stem_weights], [run], required=True, group="fit"))
-    weights = [rdir[r] / "model.safetensors" for r in runs]
-    joined = ",".join(runs)
+                            [preset], [run], after=["synthfer"]))
     small = ["--cv", "3", "--seeds", "1"] if opts.quick else []  # quick splits have < 5 faces in some classes
-    stages += [
-        Stage("extract", ["probe", "extract", "--run", joined, "--data", spec, "--split", "test"],
-              [rdir[r] / "features" for r in runs], weights, runs, required=True),
-        Stage("linear probes", ["probe", "linear", "--run", joined, "--tokens", "cls,patch", "--targets", "all", *small],
-              [rdir[r] / "probes" / "linear.json" for r in runs], weights, runs),
-        Stage("cka", ["probe", "cka", "--run", joined], [rdir[r] / "probes" / "cka.json" for r in runs], weights, runs),
-        Stage("umap", ["probe", "umap", "--run", joined], [rdir[r] / "probes" / "umap.csv" for r in runs], weights, runs),
-    ]
-    for run in runs:
+    for variant, run in zip(opts.variants, runs):
+        weights, fit = [rdir[run] / "model.safetensors"], f"fit {variant}"
+        stages += [
+            Stage(f"extract {run}", ["probe", "extract", "--run", run, "--data", spec, "--split", "test"],
+                  [rdir[run] / "features"], weights, [run], after=[fit]),
+            Stage(f"linear probes {run}", ["probe", "linear", "--run", run, "--tokens", "cls,patch", "--targets",
+                                           "all", *small],
+                  [rdir[run] / "probes" / "linear.json"], weights, [run], after=[f"extract {run}"]),
+            Stage(f"umap {run}", ["probe", "umap", "--run", run], [rdir[run] / "probes" / "umap.csv"], weights, [run],
+                  after=[f"extract {run}"]),
+        ]
         for method in ("rollout", "gradcam", "attribute"):
             stages.append(Stage(f"{method} {run}", ["probe", method, "--run", run, "--n", str(n)],
-                                [rdir[run] / "explain"], [rdir[run] / "model.safetensors"], [run]))
+                                [rdir[run] / "explain"], weights, [run], after=[fit]))
         stages.append(Stage(f"intervene {run}", ["probe", "intervene", "--run", run, "--n", str(n)],
-                            [rdir[run] / "explain" / "interventions.csv"], [rdir[run] / "model.safetensors"], [run]))
+                            [rdir[run] / "explain" / "interventions.csv"], weights, [run], after=[fit]))
         profile = ["train", "profile", "--run", run, "--batch-sizes", "1,8" if opts.quick else "1,8,32,128"]
-        stages.append(Stage(f"profile {run}", profile, [rdir[run] / "profile.json"], [rdir[run] / "model.safetensors"],
-                            [run]))
-    probe_outputs = [p for s in stages[1:] for p in s.outputs if s.name.split()[0] not in ("extract",)]
+        stages.append(Stage(f"profile {run}", profile, [rdir[run] / "profile.json"], weights, [run], after=[fit]))
+    joined = ",".join(runs)
+    weights = [rdir[r] / "model.safetensors" for r in runs]
+    stages.append(Stage("cka", ["probe", "cka", "--run", joined], [rdir[r] / "probes" / "cka.json" for r in runs],
+                        weights, runs, after=[f"extract {r}" for r in runs]))
+    probe_outputs = [p for s in stages[1:] for p in s.outputs if not s.name.startswith("extract")]
     figures = root / "figures"
     stages.append(Stage("figures", ["probe", "figures", "--runs", joined, "--out", str(figures)],
-                        [figures / "figures.json"], probe_outputs + weights, runs))
+                        [figures / "figures.json"], probe_outputs + weights, runs,
+                        after=[s.name for s in stages[1:]]))
     report = root / "reports" / opts.prefix
     stages.append(Stage("report", ["probe", "report", "--runs", joined, "--out", str(report), "--figures", str(figures)],
-                        [report / "report.md", report / "report.html"], probe_outputs + [figures / "figures.json"], runs))
+                        [report / "report.md", report / "report.html"], probe_outputs + [figures / "figures.json"], runs,
+                        after=["figures"]))
     return stages
 
 
@@ -196,40 +191,111 @@ def up_to_date(root: Path, stage: Stage) -> bool:
 @dataclass
 class StageResult:
     name: str
-    status: str  # ran | skipped | failed
+    status: str  # ran | skipped | failed | blocked
     seconds: float
     log: str | None = None
+    start: float | None = None  # seconds after the demo started
 
 
 def run_stage(stage: Stage, root: Path, env: dict[str, str]) -> StageResult:
     """Run one stage in a subprocess with its output in a log file; stamp it on success."""
-    return run_stages([stage], root, env)[0]
+    return _finish(_start(stage, root, env), root)
 
 
-def run_stages(stages: Sequence[Stage], root: Path, env: dict[str, str]) -> list[StageResult]:
-    """Run stages side by side (one subprocess each, output in log files); stamp each success."""
-    started = []
-    for stage in stages:
-        log = root / "demo" / "logs" / (stage.name.replace(" ", "_") + ".log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        argv = list(stage.argv)
-        if argv[:2] == ["train", "fit"] and (root / "runs" / argv[argv.index("--run_name") + 1]).exists():
-            argv.append("--overwrite")  # the demo owns its runs; a stale one is replaced
-        fh = open(log, "wb")
-        proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        started.append((stage, log, fh, proc, time.perf_counter()))
-    results = []
-    for stage, log, fh, proc, start in started:
-        returncode = proc.wait()
-        fh.close()
-        seconds = time.perf_counter() - start
-        if returncode != 0 or not _outputs_exist(stage):
-            results.append(StageResult(stage.name, "failed", seconds, str(log)))
+@dataclass
+class _Running:
+    stage: Stage
+    log: Path
+    handle: object
+    proc: subprocess.Popen
+    start: float
+
+
+def _start(stage: Stage, root: Path, env: dict[str, str]) -> _Running:
+    log = root / "demo" / "logs" / (stage.name.replace(" ", "_") + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = list(stage.argv)
+    if argv[:2] == ["train", "fit"] and (root / "runs" / argv[argv.index("--run_name") + 1]).exists():
+        argv.append("--overwrite")  # the demo owns its runs; a stale one is replaced
+    fh = open(log, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    return _Running(stage, log, fh, proc, time.perf_counter())
+
+
+def _finish(r: _Running, root: Path) -> StageResult:
+    returncode = r.proc.wait()
+    r.handle.close()
+    seconds = time.perf_counter() - r.start
+    if returncode != 0 or not _outputs_exist(r.stage):
+        return StageResult(r.stage.name, "failed", seconds, str(r.log))
+    atomic_write_json(_stamp_path(root, r.stage), {"fingerprint": fingerprint(r.stage), "argv": r.stage.argv,
+                                                   "seconds": round(seconds, 2)})
+    return StageResult(r.stage.name, "ran", seconds, str(r.log))
+
+
+def schedule(stages: Sequence[Stage], root: Path, env: dict[str, str], jobs: int, force: bool = False,
+             out=sys.stdout) -> list[StageResult]:
+    """Run the stages as their ``after`` stages finish, at most ``jobs`` at a time, in plan order.
+
+    A stage that is up to date (outputs present, stamp matches) is skipped; a stage whose ``after`` failed
+    or was blocked is reported ``blocked`` and not run. One progress line per start and per end.
+    """
+    index = {s.name: k for k, s in enumerate(stages, 1)}
+    width = max(len(s.name) for s in stages)
+    status: dict[str, str] = {}
+    results: dict[str, StageResult] = {}
+    running: list[_Running] = []
+    t0 = time.perf_counter()
+
+    def tag(stage: Stage) -> str:
+        return f"[{index[stage.name]:2d}/{len(stages)}] {stage.name:<{width}}"
+
+    while len(status) < len(stages) or running:
+        progressed = False
+        for stage in stages:
+            if stage.name in status or len(running) >= jobs:
+                continue
+            deps = [status.get(a) for a in stage.after if a in index]
+            if any(d in ("failed", "blocked") for d in deps):
+                status[stage.name] = "blocked"
+                results[stage.name] = StageResult(stage.name, "blocked", 0.0)
+                missing = [a for a in stage.after if status.get(a) in ("failed", "blocked")]
+                print(f"{tag(stage)}  not run: it needs {', '.join(missing)}", file=out, flush=True)
+                progressed = True
+                continue
+            if not all(d in ("ran", "skipped") for d in deps):
+                continue
+            if not force and up_to_date(root, stage):
+                status[stage.name] = "skipped"
+                results[stage.name] = StageResult(stage.name, "skipped", 0.0)
+                print(f"{tag(stage)}  up to date", file=out, flush=True)
+            else:
+                status[stage.name] = "running"
+                print(f"{tag(stage)}  {time.perf_counter() - t0:6.1f} s  running: {stage.display()}", file=out,
+                      flush=True)
+                running.append(_start(stage, root, env))
+            progressed = True
+        if progressed:
             continue
-        atomic_write_json(_stamp_path(root, stage), {"fingerprint": fingerprint(stage), "argv": stage.argv,
-                                                     "seconds": round(seconds, 2)})
-        results.append(StageResult(stage.name, "ran", seconds, str(log)))
-    return results
+        if not running:
+            break
+        while True:  # wait for the first stage to end
+            done = [r for r in running if r.proc.poll() is not None]
+            if done:
+                break
+            time.sleep(0.2)
+        for r in done:
+            running.remove(r)
+            res = _finish(r, root)
+            res.start = round(r.start - t0, 2)
+            status[r.stage.name], results[r.stage.name] = res.status, res
+            if res.status == "failed":
+                print(f"{tag(r.stage)}  FAILED after {res.seconds:.1f} s (log: {res.log})\n{_tail(res.log)}",
+                      file=out, flush=True)
+            else:
+                print(f"{tag(r.stage)}  {time.perf_counter() - t0:6.1f} s  done in {res.seconds:.1f} s", file=out,
+                      flush=True)
+    return [results[s.name] for s in stages if s.name in results]
 
 
 def _tail(path: str, lines: int = 12) -> str:
@@ -265,41 +331,16 @@ def run_demo(opts: DemoOptions, out=sys.stdout) -> int:
     root = artifacts_root().resolve()
     env = dict(os.environ, FERLENS_ARTIFACTS=str(root), PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    env.setdefault("OMP_NUM_THREADS", "2")
     stages = plan(opts, root)
     atomic_write_json(root / "demo_commands.json", {"commands": [
         {"stage": s.name, "runs": s.runs, "argv": s.argv} for s in stages]})
-    results: list[StageResult] = []
     total = time.perf_counter()
-    width = max(len(s.name) for s in stages)
-    k = 0
-    while k < len(stages):
-        batch = [stages[k]]
-        while stages[k].group and k + len(batch) < len(stages) and stages[k + len(batch)].group == stages[k].group:
-            batch.append(stages[k + len(batch)])
-        todo = []
-        for j, stage in enumerate(batch, k + 1):
-            tag = f"[{j:2d}/{len(stages)}] {stage.name:<{width}}"
-            if not opts.force and up_to_date(root, stage):
-                results.append(StageResult(stage.name, "skipped", 0.0))
-                print(f"{tag}  up to date", file=out, flush=True)
-            else:
-                print(f"{tag}  running: {stage.display()}", file=out, flush=True)
-                todo.append((tag, stage))
-        for (tag, stage), res in zip(todo, run_stages([s for _, s in todo], root, env)):
-            results.append(res)
-            if res.status == "failed":
-                print(f"{tag}  FAILED after {res.seconds:.1f} s (log: {res.log})\n{_tail(res.log)}", file=out, flush=True)
-                if stage.required:
-                    _write_timings(root, opts, results, time.perf_counter() - total)
-                    print(f"demo stopped: stage '{stage.name}' is required by the ones after it.", file=out)
-                    return 1
-            else:
-                print(f"{tag}  done in {res.seconds:.1f} s", file=out, flush=True)
-        k += len(batch)
+    jobs = opts.jobs or max(1, os.cpu_count() or 1)
+    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # the cores shared by the side-by-side stages
+    results = schedule(stages, root, env, jobs, opts.force, out)
     elapsed = time.perf_counter() - total
     _write_timings(root, opts, results, elapsed)
-    failed = [r.name for r in results if r.status == "failed"]
+    failed = [r.name for r in results if r.status in ("failed", "blocked")]
     print(f"demo pipeline: {elapsed:.1f} s; report: {root / 'reports' / opts.prefix / 'report.html'}"
           + (f"; failed stages: {', '.join(failed)}" if failed else ""), file=out, flush=True)
     if not opts.app:
@@ -312,7 +353,9 @@ def run_demo(opts: DemoOptions, out=sys.stdout) -> int:
 def _write_timings(root: Path, opts: DemoOptions, results: Sequence[StageResult], elapsed: float) -> None:
     atomic_write_json(root / "demo_timings.json", {
         "quick": opts.quick, "variants": list(opts.variants), "total_seconds": round(elapsed, 2),
-        "stages": [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 2)} for r in results],
+        "jobs": opts.jobs or os.cpu_count(),
+        "stages": [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 2), "start": r.start}
+                   for r in results],
         "machine": machine()})
 
 
@@ -324,12 +367,14 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
     parser.add_argument("--no-app", action="store_true", help="do not start the app (or set FERLENS_DEMO_NO_APP=1)")
     parser.add_argument("--force", action="store_true", help="re-run every stage even when up to date")
     parser.add_argument("--n", type=int, default=64, help="images per attribution/intervention stage (default 64)")
+    parser.add_argument("--jobs", type=int, default=0, help="stages side by side (default: one per core)")
     args = parser.parse_args(argv)
     variants = tuple(v.strip() for v in args.runs.split(",") if v.strip())
     if not variants:
         raise FerlensError("--runs is empty; pass variants such as --runs vit,cataftermlp.")
     no_app = args.no_app or os.environ.get("FERLENS_DEMO_NO_APP", "") not in ("", "0")
-    return DemoOptions(variants=variants, quick=args.quick, force=args.force, app=not no_app, n_explain=args.n)
+    return DemoOptions(variants=variants, quick=args.quick, force=args.force, app=not no_app, n_explain=args.n,
+                       jobs=max(0, args.jobs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

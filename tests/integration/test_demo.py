@@ -22,19 +22,54 @@ def test_plan_names_every_stage_in_order(tmp_path):
 
     stages = plan(DemoOptions(quick=True), tmp_path)
     names = [s.name for s in stages]
-    assert names[:4] == ["synthfer", "fit stem", "fit vit", "fit cataftermlp"]
+    assert names[:3] == ["synthfer", "fit vit", "fit cataftermlp"]  # the slower fit starts first
     assert names[-2:] == ["figures", "report"]
-    for want in ("extract", "linear probes", "cka", "umap", "rollout quick_vit", "gradcam quick_vit",
-                 "attribute quick_cataftermlp", "intervene quick_vit", "profile quick_cataftermlp"):
+    for want in ("extract quick_vit", "linear probes quick_cataftermlp", "cka", "umap quick_vit", "rollout quick_vit",
+                 "gradcam quick_vit", "attribute quick_cataftermlp", "intervene quick_vit",
+                 "profile quick_cataftermlp"):
         assert want in names
-    stem, fit = stages[1], stages[2]
-    assert stem.argv[:4] == ["train", "fit", "-c", "demo"] and "gap" in stem.argv and stem.required
-    assert fit.argv[:4] == ["train", "fit", "-c", "demo"] and "ferlens_tiny_vit_s3" in fit.argv and fit.required
-    assert fit.argv[fit.argv.index("--backbone_weights") + 1].endswith("quick_stem/model.safetensors")
-    assert fit.group == stages[3].group == "fit"  # the variants train side by side
-    linear = stages[names.index("linear probes")].argv
-    assert linear[:5] == ["probe", "linear", "--run", "quick_vit,quick_cataftermlp", "--tokens"]
-    assert linear[5:8] == ["cls,patch", "--targets", "all"] and linear[-4:] == ["--cv", "3", "--seeds", "1"]
+    by = {s.name: s for s in stages}
+    fit = by["fit vit"]
+    assert fit.argv[:4] == ["train", "fit", "-c", "demo"] and "ferlens_tiny_vit_s3" in fit.argv
+    assert fit.argv[fit.argv.index("--threads") + 1] == "1" and fit.after == ["synthfer"]
+    # each run's probes wait only for its own fit: they use the core the other fit leaves free
+    assert by["extract quick_cataftermlp"].after == ["fit cataftermlp"]
+    assert by["linear probes quick_cataftermlp"].after == ["extract quick_cataftermlp"]
+    assert by["rollout quick_vit"].after == ["fit vit"]
+    assert set(by["cka"].after) == {"extract quick_vit", "extract quick_cataftermlp"}
+    assert set(by["figures"].after) == set(names[1:-2]) and by["report"].after == ["figures"]
+    for stage in stages:  # every dependency is planned before the stage that needs it
+        assert all(names.index(a) < names.index(stage.name) for a in stage.after)
+    linear = by["linear probes quick_cataftermlp"].argv
+    assert linear[:6] == ["probe", "linear", "--run", "quick_cataftermlp", "--tokens", "cls,patch"]
+    assert linear[6:8] == ["--targets", "all"] and linear[-4:] == ["--cv", "3", "--seeds", "1"]
+
+
+def test_schedule_runs_side_by_side_and_blocks_dependents(tmp_path, monkeypatch):
+    import io
+    import time
+
+    import train.demo as demo
+    from train.demo import Stage, schedule
+
+    def stage(name, after=(), secs=0.0, fail=False):  # a toy stage: sleeps, then writes its output
+        out = tmp_path / f"{name}.txt"
+        code = "raise SystemExit(3)" if fail else \
+            f"import time,pathlib; time.sleep({secs}); pathlib.Path({str(out)!r}).write_text('x')"
+        return Stage(name, ["-c", code], [out], after=list(after))
+
+    popen = demo.subprocess.Popen
+    monkeypatch.setattr(demo.subprocess, "Popen", lambda cmd, **kw: popen([cmd[0], *cmd[2:]], **kw))  # drop "-m"
+    stages = [stage("a", secs=0.6), stage("b", secs=0.6), stage("c", ["a"]), stage("bad", ["a"], fail=True),
+              stage("d", ["bad"]), stage("e", ["c", "b"])]
+    t, out = time.perf_counter(), io.StringIO()
+    results = {r.name: r for r in schedule(stages, tmp_path, dict(os.environ), jobs=2, out=out)}
+    wall = time.perf_counter() - t
+    assert {k: r.status for k, r in results.items()} == {"a": "ran", "b": "ran", "c": "ran", "bad": "failed",
+                                                         "d": "blocked", "e": "ran"}
+    assert abs(results["a"].start - results["b"].start) < 0.4  # a and b ran side by side
+    assert results["c"].start >= results["a"].start + 0.5       # c waited for a
+    assert wall < 4 and "not run: it needs bad" in out.getvalue()
 
 
 def test_stamps_skip_until_an_input_changes(tmp_path):

@@ -31,7 +31,7 @@ SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 SAMPLES_PER_IDENTITY = 40
 MAX_IDENTITIES = 300
 OCCLUDER_P = (0.4, 0.2, 0.2, 0.2)  # none, glasses, hand, patch
-CACHE_BYTES = 64 * 2**20
+CACHE_BYTES = 256 * 2**20  # ~16,000 faces at 64 px: a whole demo training split stays rendered across epochs
 
 ATTR_KINDS = {"identity": "categorical", "background": "categorical", "occluder": "categorical",
               "illumination": "categorical", "yaw_bin": "categorical", "roll_bin": "categorical",

@@ -20,15 +20,24 @@ from .hooks import HookPoint
 
 @dataclass(frozen=True)
 class IRSpec:
-    """Units per stage and stage widths of an IR backbone (input layer width = widths[0])."""
+    """Units per stage and stage widths of a backbone on the IR skeleton.
+
+    ``unit="ir"``: face.evoLVe input layer (width = widths[0]) + ``BottleneckIR`` units.
+    ``unit="conv"``: no input layer; ``ConvPoolUnit`` units (conv3×3-BN-ReLU, then a 2×2 max-pool on a
+    stage's first unit) — a VGG-style CPU stem with the same stage hooks, ``body.{i}`` keys and freezing.
+    """
 
     units: tuple[int, int, int, int]
     widths: tuple[int, int, int, int]
+    unit: str = "ir"
 
 
 IR_SPECS: dict[str, IRSpec] = {
     "ir50": IRSpec(units=(3, 4, 14, 3), widths=(64, 128, 256, 512)),   # face.evoLVe IR-50
-    "tiny": IRSpec(units=(1, 1, 2, 1), widths=(16, 32, 64, 128)),      # CPU work (~0.1 M params to stage 3)
+    # CPU work. Measured on SynthFER 64 px (batch 64, one thread): a tiny *IR* stem (same units/widths) sat on
+    # a loss plateau for ~200 updates and, under a CLS readout, for >1,000; this conv/max-pool stem leaves
+    # it within 100 updates and trains 2x faster per image (max-pooling keeps the small, local expression parts).
+    "tiny": IRSpec(units=(1, 1, 2, 1), widths=(16, 32, 64, 128), unit="conv"),  # ~0.1 M params to stage 3
 }
 
 
@@ -53,6 +62,20 @@ class BottleneckIR(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+class ConvPoolUnit(nn.Module):
+    """conv3×3-BN-ReLU, followed by a 2×2 max-pool (ceil mode) when ``stride == 2``."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H/s, W/s)
+        return self.pool(self.act(self.bn(self.conv(x))))
+
+
 class IRBackbone(nn.Module):
     """IR backbone up to ``last_stage``; ``stage{k}`` hook points mark each stage's output.
 
@@ -65,14 +88,19 @@ class IRBackbone(nn.Module):
 
     def __init__(self, spec: IRSpec, last_stage: int = 4, cut_last_stage: bool = False) -> None:
         super().__init__()
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, spec.widths[0], (3, 3), 1, 1, bias=False), nn.BatchNorm2d(spec.widths[0]),
-            nn.PReLU(spec.widths[0]))
-        units, ends, in_chs = [], [], spec.widths[0]
+        if spec.unit == "ir":
+            self.input_layer = nn.Sequential(
+                nn.Conv2d(3, spec.widths[0], (3, 3), 1, 1, bias=False), nn.BatchNorm2d(spec.widths[0]),
+                nn.PReLU(spec.widths[0]))
+            unit, in_chs = BottleneckIR, spec.widths[0]
+        else:
+            self.input_layer = nn.Identity()
+            unit, in_chs = ConvPoolUnit, 3
+        units, ends = [], []
         for k in range(last_stage):
             n = 1 if (cut_last_stage and k == last_stage - 1) else spec.units[k]
             for j in range(n):
-                units.append(BottleneckIR(in_chs, spec.widths[k], 2 if j == 0 else 1))
+                units.append(unit(in_chs, spec.widths[k], 2 if j == 0 else 1))
                 in_chs = spec.widths[k]
             ends.append(len(units))
         self.body = nn.Sequential(*units)  # flat, as in face.evoLVe: keys body.{i}.*

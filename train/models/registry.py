@@ -49,7 +49,7 @@ def _create_hybrid(variant: str, pretrained: bool = False, **kwargs: Any) -> Hyb
     cfg = {"architecture": variant, "input_size": (3, *model.img_size), "mean": base["mean"], "std": base["std"],
            "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": model.num_classes, "classifier": "head"}
     if model.backbone_name in _BACKBONE_CFG:
-        cfg["first_conv"] = "stem.input_layer.0"
+        cfg["first_conv"] = "stem.input_layer.0" if model.backbone_name == "ir50" else "stem.body.0.conv"
     model.pretrained_cfg = model.default_cfg = cfg
     return model
 
@@ -74,7 +74,7 @@ def _register(name: str, cfg: dict[str, Any]) -> None:
 
 BLOCKS = ("vit", "cataftermlp", "catbeforemlp", "addpatches", "clsonly")
 
-# The study's IR-50 set (dim 512, 8 heads, depth 8) and the CPU demo set (tiny IR, stage-3 tokens, 64 px).
+# The study's IR-50 set (dim 512, 8 heads, depth 8) and the CPU demo set (tiny conv stem, stage-3 tokens, 64 px).
 VARIANTS: dict[str, dict[str, Any]] = {
     **{f"ferlens_ir50_{b}_s{s}_d8": _variant("ir50", b, s) for b in BLOCKS for s in (3, 4)},
     **{f"ferlens_tiny_{b}_s3": _variant("tiny", b, 3) for b in BLOCKS},

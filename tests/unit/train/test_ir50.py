@@ -171,4 +171,4 @@ def test_timm_cnn_and_ferlens_run_weights_load_into_the_stem(tmp_path):
     dst = create_model("ferlens_tiny_clsonly_s3", depth=2)
     report = load_backbone_weights(dst, tmp_path / "model.safetensors")
     assert report.loaded == len(dst.stem.state_dict()) and report.skipped["non-backbone (token part of a ferlens run)"]
-    assert torch.equal(dst.stem.input_layer[0].weight, src.stem.input_layer[0].weight)
+    assert torch.equal(dst.stem.body[0].conv.weight, src.stem.body[0].conv.weight)
