@@ -178,14 +178,24 @@ def mass_inside(maps: Tensor, masks: Tensor) -> Tensor:
     return (inside / total.clamp_min(1e-12)).float()
 
 
-def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
-    """1.0 where the arg-max pixel of the map lies inside the mask (first maximum on ties).
+def pointing_game(maps: Tensor, masks: Tensor, rtol: float = 1e-4) -> Tensor:
+    """Whether the map's peak lies inside the mask, with ties broken at random (in expectation).
+
+    The peak is every pixel within ``rtol`` of the maximum (relative to the map's range). A token-level
+    map upsampled from an 8×8 grid peaks on a whole cell, so taking the *first* arg-max (the cell's
+    top-left pixel) would miss small parts that the cell covers; instead each image scores the share of
+    its peak pixels inside the mask — 1/0 for a single-pixel peak, the mask's area share for a flat map.
 
     Args:
         maps: (B, H, W); masks: (B, H, W) bool.
+
+    Returns:
+        (B,) in [0, 1].
     """
-    idx = maps.flatten(1).argmax(1)
-    return masks.flatten(1).gather(1, idx[:, None])[:, 0].float()
+    flat = maps.flatten(1).float()
+    hi, lo = flat.amax(1, keepdim=True), flat.amin(1, keepdim=True)
+    peak = flat >= hi - rtol * (hi - lo)
+    return (peak & masks.flatten(1)).sum(1).float() / peak.sum(1).float()
 
 
 def resize_masks(part_masks: Tensor, size: tuple[int, int]) -> Tensor:

@@ -113,3 +113,15 @@ def test_method_metrics_row_and_bad_inputs():
         metrics.baseline_images(images, "noise")
     with pytest.raises(FerlensError, match="top-k"):
         metrics.topk_iou(images[:, 0], images[:, 0], k=0)
+
+
+def test_pointing_game_breaks_ties_over_the_whole_peak():
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 2:4, 2:4] = True                                 # a small part inside the peak cell
+    cell = torch.zeros(1, 8, 8)
+    cell[0, :4, :4] = 1.0                                    # a coarse map peaking on a 4x4 cell
+    assert metrics.pointing_game(cell, mask).item() == 0.25  # 4 of the 16 tied peak pixels (first arg-max: 0)
+    assert metrics.pointing_game(torch.ones(1, 8, 8), mask).item() == 4 / 64  # flat map: the mask's area share
+    sharp = torch.zeros(1, 8, 8)
+    sharp[0, 3, 3] = 1.0
+    assert metrics.pointing_game(sharp, mask).item() == 1.0
