@@ -116,6 +116,7 @@ def intervention_summary(df: pd.DataFrame) -> dict[str, Any] | None:
     worst = mean.loc[mean.delta_accuracy.idxmin()]
     last = mean.iloc[-1]
     return {"baseline": float(mean.baseline_accuracy.iloc[0]),
+            "n": int(mean["n"].iloc[0]) if "n" in mean and pd.notna(mean["n"].iloc[0]) else None,
             "per_layer": [{"layer": r.layer, "layer_index": int(r.layer_index), "accuracy": float(r.accuracy),
                            "delta": float(r.delta_accuracy)} for r in mean.itertuples()],
             "worst_layer": worst.layer, "worst_layer_index": int(worst.layer_index),
@@ -374,7 +375,8 @@ def _findings(facts: dict[str, Any], doc: Doc) -> None:
         iv = rec.get("interventions")
         if iv:
             sentences.append(
-                f"**{rec['label']}**: replacing the CLS token by its dataset mean drops test accuracy from "
+                f"**{rec['label']}**: replacing the CLS token by its dataset mean drops the accuracy on "
+                f"{'the ' + str(iv['n']) + ' explained' if iv.get('n') else 'the explained'} test faces from "
                 f"{_pct(iv['baseline'])} to {_pct(iv['worst_accuracy'])} at {_layer_name(iv['worst_layer_index'])} "
                 f"(Δ = {100 * iv['worst_delta']:+.1f} pts, the largest drop); after the last block "
                 f"Δ = {100 * iv['last_delta']:+.1f} pts.")

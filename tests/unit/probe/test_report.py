@@ -62,7 +62,7 @@ def test_sections_state_selectivity_interventions_localisation_efficiency(runs, 
     assert "| expression | 91.0% [88.0, 94.0] | +71.7 pts | 37.3% [34.3, 40.3] | +18.0 pts | 14.3% |" in md
     iv = rep.facts["per_run"]["vit_fx"]["interventions"]
     assert iv["worst_layer_index"] == 0 and iv["baseline"] == pytest.approx(0.93)
-    assert "drops test accuracy from 93.0% to 37.2%" in md
+    assert "test faces from 93.0% to 37.2%" in md
     assert "| cataftermlp | ig | 0.600 | 0.800 | 0.250 | 0.650 | 64 |" in md
     assert "cataftermlp has 0.77× the parameters, 0.77× the MACs and 1.30× the peak inference throughput" in md
     assert "train fit --model ferlens_tiny_vit_s3 --data synthfer:size=32,n=140,seed=0" in md
