@@ -256,17 +256,35 @@ class CAM(Attribution):
 
         layer = resolve_layer(self.model, self.layer or default_cam_layer(self.model))
         reshape = token_reshape(self.model.grid_size, self.model.num_prefix_tokens)
+        # The CAM needs d(score)/d(target activations) only. pytorch-grad-cam calls loss.backward(), which
+        # also computes every weight gradient and back-propagates through the layers below the target.
+        # So, for the call: weights frozen, and the target's output made a leaf that requires grad (our hook
+        # runs before grad-cam's, which then records that leaf) — same maps, backward stops at the target.
+        frozen = [p for p in scorer.parameters() if p.requires_grad]
+        leaf = layer.register_forward_hook(_grad_leaf)
         cam = getattr(pytorch_grad_cam, self.cam_name)(model=scorer, target_layers=[layer],
                                                         reshape_transform=reshape)
         if "batch_size" in self.options:                                 # ScoreCAM's forward chunk
             cam.batch_size = int(self.options["batch_size"])
         try:
+            for p in frozen:
+                p.requires_grad_(False)
             with torch.enable_grad():
                 maps = cam(input_tensor=images, targets=None if targets is None else
                            [ClassifierOutputTarget(int(t)) for t in targets])   # None: grad-cam's arg-max
         finally:
             cam.activations_and_grads.release()
+            leaf.remove()
+            for p in frozen:
+                p.requires_grad_(True)
         return torch.from_numpy(maps).to(images.device)                  # (B, H, W)
+
+
+def _grad_leaf(module: nn.Module, inputs, output):
+    """Forward hook: the layer's output as a fresh leaf that requires grad (cuts the graph below it)."""
+    if isinstance(output, Tensor):
+        return output.detach().requires_grad_(True)
+    return None
 
 
 def _cam(name: str) -> type[CAM]:

@@ -144,3 +144,27 @@ def test_bad_inputs_are_one_sentence(vit):
     assert "\n" not in str(info.value) and str(info.value).startswith("Layer 'nope' does not exist")
     # a plain CNN still works with gradient methods on its own layers
     assert attribution.explain(_PlainCNN(), x, "gradcam", layer="features").shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("method,cam_name", [("gradcam", "GradCAM"), ("gradcampp", "GradCAMPlusPlus"),
+                                             ("layercam", "LayerCAM")])
+@pytest.mark.parametrize("layer", ["blocks.1", "stem.stage3"])
+def test_cam_maps_equal_pytorch_grad_cam_called_directly(method, cam_name, layer):
+    """Our CAM freezes the weights and cuts the graph below the target layer (half the cost): same maps."""
+    import pytorch_grad_cam
+
+    torch.manual_seed(0)
+    model = _tiny(depth=2)
+    x = torch.randn(3, 3, 32, 32)
+    ours = attribution.explain(model, x, method=method, target=None, layer=layer)
+    assert all(p.grad is None for p in model.parameters())   # no weight gradient was computed
+    assert all(p.requires_grad for p in model.parameters())  # and the weights are unfrozen afterwards
+    reshape = attribution.token_reshape(model.grid_size, model.num_prefix_tokens) if layer.startswith("blocks") \
+        else None
+    cam = getattr(pytorch_grad_cam, cam_name)(model=model, target_layers=[model.get_submodule(layer)],
+                                              reshape_transform=reshape)
+    try:
+        direct = torch.from_numpy(cam(input_tensor=x, targets=None))
+    finally:
+        cam.activations_and_grads.release()
+    assert torch.allclose(ours, direct, atol=1e-5)
