@@ -261,19 +261,20 @@ class CAM(Attribution):
         # So, for the call: weights frozen, and the target's output made a leaf that requires grad (our hook
         # runs before grad-cam's, which then records that leaf) — same maps, backward stops at the target.
         frozen = [p for p in scorer.parameters() if p.requires_grad]
-        leaf = layer.register_forward_hook(_grad_leaf)
-        cam = getattr(pytorch_grad_cam, self.cam_name)(model=scorer, target_layers=[layer],
-                                                        reshape_transform=reshape)
-        if "batch_size" in self.options:                                 # ScoreCAM's forward chunk
-            cam.batch_size = int(self.options["batch_size"])
+        leaf, cam = layer.register_forward_hook(_grad_leaf), None  # registered first: runs before grad-cam's
         try:
+            cam = getattr(pytorch_grad_cam, self.cam_name)(model=scorer, target_layers=[layer],
+                                                            reshape_transform=reshape)
+            if "batch_size" in self.options:                             # ScoreCAM's forward chunk
+                cam.batch_size = int(self.options["batch_size"])
             for p in frozen:
                 p.requires_grad_(False)
             with torch.enable_grad():
                 maps = cam(input_tensor=images, targets=None if targets is None else
                            [ClassifierOutputTarget(int(t)) for t in targets])   # None: grad-cam's arg-max
         finally:
-            cam.activations_and_grads.release()
+            if cam is not None:
+                cam.activations_and_grads.release()
             leaf.remove()
             for p in frozen:
                 p.requires_grad_(True)

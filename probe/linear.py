@@ -41,11 +41,11 @@ DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strength, 
 DEFAULT_ALPHAS: tuple[float, ...] = (1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge penalties
 KINDS = ("categorical", "continuous")
 # chosen by bench/bench_probe_sweep.py: the batched torch engine (one L-BFGS per problem, run in lockstep,
-# warm-started along the C path) agrees with sklearn within 0.2 points and is ~2.7x faster on the
-# synthetic sweep, but on the demo's real features (10 matrices of 640x160) it is 0.65-1.4x per target
-# (1.07x over four targets): problems that sklearn finishes in a few iterations still ride along in the
-# batch until the slowest of them converges. The sklearn reference stays the default until torch wins
-# clearly.
+# warm-started along the C path) agrees with sklearn within 0.2 points and is 1.9-2.4x faster on the
+# bench's synthetic sweep, but on the demo's real features (10 matrices of 640x160) it is 0.65-1.4x per
+# target (1.07x over four targets): problems that sklearn finishes in a few iterations still ride along
+# in the batch until the slowest of them converges. The sklearn reference stays the default until torch
+# wins clearly.
 DEFAULT_ENGINE = "sklearn"
 CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
@@ -352,9 +352,9 @@ def _logreg_predict(X, W, b):
 def _torch_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int):
     """Batched engine: all feature matrices × inner folds at once (rows = matrices, label sets = folds),
     one ``batched_logreg`` call per C along the path from the strongest penalty, each warm-started from
-    the previous C's solutions (as sklearn's ``LogisticRegressionCV`` does; measured 2.7x faster than
-    solving every C from zero in one wide call), then one call for (real, control) labels at each
-    matrix's chosen C, warm-started from its inner-fold solutions."""
+    the previous C's solutions (as sklearn's ``LogisticRegressionCV`` does; on the bench's synthetic sweep
+    1.4 s instead of 4.8 s for solving every C from zero in one wide call), then one call for (real,
+    control) labels at each matrix's chosen C, warm-started from its inner-fold solutions."""
     import torch
 
     K = prob.n_classes
@@ -500,11 +500,7 @@ def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "c
     """
     _check_engine(engine)
     check_target(y, kind=kind, cv=cv, name=name)
-    unique, where = _dedupe(xs)
-    if len(unique) < len(xs):  # e.g. cataftermlp's patch readout, identical at every layer: probe it once
-        results = evaluate_features(unique, y, kind=kind, cv=cv, seeds=seeds, engine=engine, Cs=Cs, alphas=alphas,
-                                    inner_cv=inner_cv, max_iter=max_iter, name=name)
-        return [dict(results[k]) for k in where]
+    xs, where = _dedupe(xs)  # e.g. cataftermlp's patch readout, identical at every layer: probe it once
     classify, regress = ENGINES[engine]
     solve, grid = (classify, Cs) if kind == "categorical" else (regress, alphas)
     n_classes = int(y.max()) + 1 if kind == "categorical" else 0
@@ -538,7 +534,7 @@ def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "c
                         "selectivity": metric[main] - control, "chance": chance_level(y, kind),
                         "n_train": n_train, "n_test": n_test, "dim": int(xs[p].shape[1]), "kind": kind,
                         "reg": float(np.median(regs[p]))})
-    return results
+    return [dict(results[k]) for k in where]
 
 
 def fit_probe(*, features: np.ndarray, labels: Sequence[Any], cv: int = 5, seed: int = 0, seeds: int = 1,

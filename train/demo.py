@@ -224,11 +224,12 @@ class _Running:
 def _start(stage: Stage, root: Path, env: dict[str, str]) -> _Running:
     log = root / "demo" / "logs" / (stage.name.replace(" ", "_") + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = list(stage.argv)
+    cmd = stage.command()
+    argv = stage.argv
     if argv[:2] == ["train", "fit"] and (root / "runs" / argv[argv.index("--run_name") + 1]).exists():
-        argv.append("--overwrite")  # the demo owns its runs; a stale one is replaced
+        cmd.append("--overwrite")  # the demo owns its runs; a stale one is replaced
     fh = open(log, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     return _Running(stage, log, fh, proc, time.perf_counter())
 
 
@@ -349,7 +350,7 @@ def run_demo(opts: DemoOptions, out=sys.stdout) -> int:
     env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # the cores shared by the side-by-side stages
     results = schedule(stages, root, env, jobs, opts.force, out)
     elapsed = time.perf_counter() - total
-    _write_timings(root, opts, results, elapsed)
+    _write_timings(root, opts, results, elapsed, jobs)
     failed = [r.name for r in results if r.status in ("failed", "blocked")]
     print(f"demo pipeline: {elapsed:.1f} s; report: {root / 'reports' / opts.prefix / 'report.html'}"
           + (f"; failed stages: {', '.join(failed)}" if failed else ""), file=out, flush=True)
@@ -360,10 +361,11 @@ def run_demo(opts: DemoOptions, out=sys.stdout) -> int:
                            "--server.headless", "true"], cwd=REPO, env=env).returncode
 
 
-def _write_timings(root: Path, opts: DemoOptions, results: Sequence[StageResult], elapsed: float) -> None:
+def _write_timings(root: Path, opts: DemoOptions, results: Sequence[StageResult], elapsed: float,
+                   jobs: int) -> None:
     atomic_write_json(root / "demo_timings.json", {
         "quick": opts.quick, "variants": list(opts.variants), "total_seconds": round(elapsed, 2),
-        "jobs": opts.jobs or os.cpu_count(),
+        "jobs": jobs,
         "stages": [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 2), "start": r.start}
                    for r in results],
         "machine": machine()})
