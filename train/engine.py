@@ -16,7 +16,6 @@ import io
 import math
 import os
 import random
-import shutil
 import signal
 import time
 import warnings
@@ -77,12 +76,22 @@ def check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     """Raise before anything is written when the folder exists without --resume/--overwrite, or
     the run to resume has no checkpoint."""
     if cfg.resume:
-        if not (run_dir / "state.pt").is_file():
+        if not (run_dir / "state.pt").is_file() and not _has_model_config(run_dir):
             raise FerlensError(f"Run {run_dir} has no state.pt to resume from (it never finished an epoch); "
                                "start it again with --overwrite.")
     elif run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
         raise FerlensError(f"The run folder {run_dir} already exists; pass --resume {run_dir.name} to continue it, "
                            "--overwrite to replace it, or --run_name NAME for a new one.")
+
+
+def _has_model_config(run_dir: Path) -> bool:
+    """A published run without a checkpoint yet (killed during epoch 1): --resume starts it at epoch 0."""
+    import json
+
+    try:
+        return isinstance(json.loads((run_dir / "config.json").read_text()).get("model"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # ============================================================================ reproducibility
@@ -452,6 +461,7 @@ class Trainer:
     mixup_fn: Callable | None = None
     ema: Any = None
     scaler: Any = None
+    on_step: Callable[[], Any] | None = None   # called after every optimizer update (publishes the run folder)
     epoch: int = 0                    # next epoch to run (0-based)
     step: int = 0                     # optimizer updates so far
     best: dict[str, float] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
@@ -564,6 +574,8 @@ def train_one_epoch(t: Trainer, loader: DataLoader, cfg: TrainConfig) -> EpochRe
         t.step += 1
         if os.environ.get(DEBUG_KILL_ENV) == str(t.step):
             os.kill(os.getpid(), signal.SIGKILL)
+        if t.on_step is not None:
+            t.on_step()
         t.scheduler.step_update(num_updates=t.step)
         if t.ema is not None:
             t.ema.update(t.model, step=t.step)
@@ -675,9 +687,25 @@ def fit(cfg: TrainConfig) -> Path:
 
 
 def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
+    run_dir, claim = _plan_on_rank0(cfg, info)               # raises before anything is written
+    try:
+        return _fit_claimed(cfg, info, run_dir, claim)
+    finally:
+        if claim is not None:   # unpublished (failed before its first step): nothing is left
+            try:
+                claim.abandon()
+            finally:
+                claim.release()
+
+
+def _fit_claimed(cfg: TrainConfig, info: DistInfo, run_dir: Path, claim) -> Path:
+    """``_fit`` with the run folder claimed (rank 0): files go to ``claim.path``, a hidden staging
+    folder that becomes ``run_dir`` after the first successful optimizer update."""
     from .metrics import classification_report
 
-    run_dir = _plan_on_rank0(cfg, info)                      # raises before anything is written
+    def out() -> Path:  # where rank 0 writes right now
+        return claim.path if claim is not None else run_dir
+
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -695,17 +723,18 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
         raise FerlensError(f"The train split of '{cfg.data}' has fewer samples than one batch; lower --batch_size.")
     val_loader, test_loader = eval_loader(splits["val"], cfg), eval_loader(splits["test"], cfg)
     t = make_trainer(cfg, model, splits["train"], loader, generator, info)
-    writer = tensorboard_writer(cfg, run_dir, info)
-    if cfg.resume:
+    if claim is not None:
+        t.on_step = claim.publish
+    writer = tensorboard_writer(cfg, out(), info)
+    if cfg.resume and (run_dir / "state.pt").is_file():
         load_checkpoint(run_dir, t)
+    elif cfg.resume:
+        tqdm.write(f"{run_dir} has no checkpoint yet (it stopped during epoch 1); training starts at epoch 1.")
     elif info.is_main:
-        if cfg.overwrite and run_dir.exists():
-            _clear_run_dir(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         from .runs import stamp_config
 
         config = stamp_config(config)
-        atomic_write_json(run_dir / "config.json", config)
+        atomic_write_json(out() / "config.json", config)
     if cfg.resume:
         from .io import read_json
 
@@ -719,8 +748,8 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
             try:
                 factor = t.guard.rollback(t.epoch + 1, t.step, bad, t.lr)   # raises when none are left
             except FerlensError:
-                if info.is_main and run_dir.is_dir():
-                    atomic_write_csv(run_dir / "nan_events.csv", [e.as_row() for e in t.guard.events])
+                if info.is_main and out().is_dir():
+                    atomic_write_csv(out() / "nan_events.csv", [e.as_row() for e in t.guard.events])
                 raise
             t.load_state_dict(good)
             scale_lr(t.optimizer, t.scheduler, factor)
@@ -745,7 +774,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
         t.epoch += 1
         good = t.state_dict(with_guard=False)
         if info.is_main:
-            save_checkpoint(run_dir, t, config)
+            save_checkpoint(out(), t, config)
             saves += 1
             tqdm.write(f"epoch {t.epoch}/{cfg.epochs}  train_loss {result.loss:.4f}  train_acc {result.acc:.3f}  "
                        f"val_loss {val['loss']:.4f}  val_acc {val_acc:.3f}  val_f1 {val_f1:.3f}  lr {lr:.2e}  "
@@ -759,7 +788,9 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> Path:
         metrics = {"split": "test", "data": cfg.data, **report, "best_epoch": t.best["epoch"],
                    "best_val_acc": t.best["val_acc"],
                    "train_seconds": float(sum(r["seconds"] for r in t.history))}
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        if claim is not None:
+            claim.publish()   # a run with zero updates (epochs 0) is published when complete
+        atomic_write_json(out() / "metrics.json", metrics)
         if writer is not None:
             writer.close()
     barrier(info)
@@ -781,19 +812,26 @@ def _dump_rank(folder: Path, t: Trainer, info: DistInfo, saves: int) -> None:
                                                          "step": t.step})
 
 
-def _plan_on_rank0(cfg: TrainConfig, info: DistInfo) -> Path:
-    """The run folder, checked by rank 0 only (it may create the folder while other ranks would
-    still be checking); every rank raises when the check fails."""
+def _plan_on_rank0(cfg: TrainConfig, info: DistInfo):
+    """The run folder, checked and claimed (``train.runs.claim``) by rank 0 only; every rank raises
+    when the check or the claim fails.
+
+    Returns:
+        (run_dir, claim) — claim is None on other ranks.
+    """
+    from .runs import claim as claim_run_dir
+
     run_dir = run_dir_for(cfg)
-    error = None
+    error, claim = None, None
     if info.is_main:
         try:
             check_run_dir(cfg, run_dir)
+            claim = claim_run_dir(run_dir, overwrite=cfg.overwrite, resume=bool(cfg.resume))
         except FerlensError as e:
             error = e
     if not all_true(error is None, info):
         raise error or FerlensError("Rank 0 refused the run folder (see its message); fix that and start again.")
-    return run_dir
+    return run_dir, claim
 
 
 def make_trainer(cfg: TrainConfig, model: nn.Module, train_ds, loader: DataLoader, generator: torch.Generator,
@@ -822,14 +860,6 @@ def _nonfinite_weights(t: Trainer) -> str | None:
     if name is None and t.ema is not None:
         name = first_nonfinite_tensor(t.ema.state_dict())
     return f"weights:{name}" if name else None
-
-
-def _clear_run_dir(run_dir: Path) -> None:
-    """Remove an existing run folder for --overwrite (only folders that look like runs)."""
-    if not (run_dir / "config.json").is_file():
-        raise FerlensError(f"--overwrite refuses to delete {run_dir}: it holds no config.json, so it is not a "
-                           "ferlens run folder; pick another --run_name.")
-    shutil.rmtree(run_dir)
 
 
 def tensorboard_writer(cfg: TrainConfig, run_dir: Path, info: DistInfo):

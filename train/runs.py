@@ -11,11 +11,15 @@ config.json schema (keys other parts rely on)::
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import os
+import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:  # torch appears only in annotations; not importing it keeps run listing fast (app sidebar)
     import torch
@@ -52,7 +56,156 @@ def list_runs(root: str | os.PathLike | None = None) -> list[Path]:
     root = Path(root) if root is not None else runs_root()
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file())
+
+
+# ============================================================================ claiming a run folder
+STAGING_SUFFIX = ".partial"
+
+
+def staging_dir(final: Path) -> Path:
+    """The hidden folder a run is written into before it is published: ``<parent>/.<name>.partial``."""
+    return final.parent / f".{final.name}{STAGING_SUFFIX}"
+
+
+def lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+class RunClaim:
+    """An exclusive claim on a run folder name (``claim_run`` makes one; see there).
+
+    Attributes:
+        final: the run folder the claim publishes.
+        path: where to write now: the staging folder until ``publish()``, then ``final``.
+        published: whether ``final`` holds this claim's files.
+    """
+
+    def __init__(self, final: Path, lock_fd: int, path: Path, published: bool, overwrite: bool):
+        self.final, self.path, self.published = final, path, published
+        self._fd, self._overwrite = lock_fd, overwrite
+
+    def publish(self) -> Path:
+        """Rename the staging folder to the run folder (replacing an old run under --overwrite).
+
+        Idempotent; after it ``path`` is ``final``. Files opened in the staging folder stay valid
+        (a rename keeps inodes), so writers may keep their handles.
+        """
+        if self.published:
+            return self.final
+        old = None
+        if self.final.exists():
+            if not self._overwrite:  # only reachable if someone created it behind the lock's back
+                raise FerlensError(f"The run folder {self.final} appeared while this run was being written; "
+                                   "pick another run name.")
+            old = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+            os.rename(self.final, old)
+        os.rename(self.path, self.final)
+        self.path, self.published = self.final, True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def abandon(self) -> None:
+        """Delete the unpublished staging folder (nothing of the run is left)."""
+        if not self.published:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def release(self) -> None:
+        """Drop the lock (and its file); the claim is over."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path(self.final))
+        os.close(self._fd)
+        self._fd = -1
+
+
+def _lock(final: Path) -> int:
+    """An exclusive, non-blocking flock on ``<parent>/.<name>.lock``; the kernel drops it when the
+    process dies (even by SIGKILL), so a crashed run never blocks the name."""
+    path = lock_path(final)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise FerlensError(f"The run folder {final} is being written by another process right now "
+                                   f"(it holds {path}); wait for it to finish or pick another run name.") from None
+            raise
+        try:  # the holder before us may have unlinked the file: then lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def claim(final: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> RunClaim:
+    """Claim ``final`` exclusively (see ``claim_run``); the caller must ``release()`` the claim."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd = _lock(final)
+    try:
+        if resume:
+            if not final.is_dir():
+                raise FerlensError(f"Run {final} does not exist, so it cannot be resumed; start it without --resume.")
+            return RunClaim(final, fd, final, True, overwrite)
+        if final.exists() and any(final.iterdir()):
+            if not overwrite:
+                raise FerlensError(f"The run folder {final} already exists; pass --resume {final.name} to continue "
+                                   "it, --overwrite to replace it, or --run_name NAME for a new one.")
+            if not (final / "config.json").is_file():
+                raise FerlensError(f"--overwrite refuses to delete {final}: it holds no config.json, so it is not "
+                                   "a ferlens run folder; pick another --run_name.")
+        elif final.exists():
+            final.rmdir()  # an empty folder is no run
+        stage = staging_dir(final)
+        if stage.exists():  # left by a process killed before its first step; we hold the lock, so it is dead
+            shutil.rmtree(stage)
+        os.mkdir(stage)
+        return RunClaim(final, fd, stage, False, overwrite)
+    except BaseException:
+        RunClaim(final, fd, final, True, overwrite).release()
+        raise
+
+
+@contextlib.contextmanager
+def claim_run(final: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+              publish: bool = True) -> Iterator[RunClaim]:
+    """Claim a run folder name exclusively and write the run out of sight until it is good.
+
+        with claim_run(runs_root() / "my-run") as c:
+            save_run(c.path, model, config)     # writes into <runs>/.my-run.partial
+            ...                                 # c.publish() may be called early (fit: after step 1)
+        # on normal exit the staging folder is renamed to <runs>/my-run
+
+    A second claim of the same name (another process) fails at once with one sentence. An exception
+    before publishing deletes the staging folder, so nothing is left; after publishing, the folder
+    stays as it is (a resumable run). A SIGKILL leaves only the hidden ``.<name>.partial`` (and
+    ``.<name>.lock``), which the next claim of that name removes; ``list_runs`` never shows them.
+
+    Args:
+        final: the run folder to create (or, with ``resume``, to continue in place).
+        overwrite: replace an existing run folder — only when this claim publishes, so a failed
+            re-run keeps the old run.
+        resume: the folder exists already; the claim only locks it (``path`` is ``final``).
+        publish: publish on normal exit (False: the caller decides; an unpublished claim is abandoned).
+    """
+    c = claim(final, overwrite=overwrite, resume=resume)
+    try:
+        yield c
+        if publish:
+            c.publish()
+    finally:
+        try:
+            c.abandon()
+        finally:
+            c.release()
 
 
 def git_commit() -> str | None:
