@@ -13,9 +13,12 @@ writes ``artifacts/runs/<run>/features/<data-slug>-<split>/`` (docs/contracts.md
 * under ``torchrun --nproc_per_node N`` rank r takes samples r, r+N, ... and writes its rows of the
   shared memory-mapped arrays; rank 0 waits for all ranks and finalizes the folder.
 
-Readouts (DESIGN.md): ``cls`` = ``blocks.{i}[:, 0]``, ``patch`` = mean of ``blocks.{i}[:, 1:]``,
+Readouts (DESIGN.md): ``cls`` = the CLS token of ``blocks.{i}``, ``patch`` = mean of its patch tokens,
 ``patch_max`` = max over patch tokens, ``stem`` = global average pool of the CNN stage that feeds the
-tokens, ``patch@r,c`` = one grid position (needs ``patch_tokens=True``).
+tokens, ``patch@r,c`` = one grid position (needs ``patch_tokens=True``). Where the CLS and the patches
+sit in each layer's sequence comes from the model adapter (``train.models.adapters.model_spec``): every
+prefix token (CLS, registers, a distilled DeiT's distillation token) is excluded from the patch readouts,
+and layers without a CLS token (CaiT's patch blocks) have no ``cls`` readout.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ class FeatureSet:
     Attributes:
         layers: hook names of the token layers, ``["tokens", "blocks.0", ...]``.
         patch_layers: the layers that still have patch tokens (all of them except for ``clsonly``).
-        arrays: ``cls`` (n, L, D); ``patch`` and ``patch_max`` (n, len(patch_layers), D).
+        arrays: ``cls`` (n, len(cls_layers), D); ``patch`` and ``patch_max`` (n, len(patch_layers), D).
         stem: (n, C) GAP of the CNN stage ``stem_layer`` (None when not stored).
         labels: (n,) int64 expression labels; ``label_names`` their names.
         attrs: ``{name: [n values]}``; ``attr_kinds`` ``{name: categorical|continuous}`` (probe targets).
@@ -54,6 +57,7 @@ class FeatureSet:
         patch_tokens: optional (n, len(patch_layers), N, D) float16.
         grid_size: token grid (H, W).
         meta: the ``index.json`` dict (empty for in-memory sets).
+        cls_layers: the layers that hold a CLS token (default: all ``layers``; CaiT: its class blocks).
     """
 
     layers: list[str]
@@ -69,6 +73,11 @@ class FeatureSet:
     patch_tokens: np.ndarray | None = None
     grid_size: tuple[int, int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    cls_layers: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cls_layers is None:
+            self.cls_layers = list(self.layers)
 
     @property
     def n(self) -> int:
@@ -88,7 +97,7 @@ class FeatureSet:
         self._check_readout(readout)
         if readout == "stem":
             return [self.stem_layer]
-        return list(self.layers) if readout == "cls" else list(self.patch_layers)
+        return list(self.cls_layers) if readout == "cls" else list(self.patch_layers)
 
     def _check_readout(self, readout: str) -> None:
         m = _PATCH_AT.match(readout)
@@ -120,7 +129,7 @@ class FeatureSet:
         if m:
             pos = int(m.group(1)) * self.grid_size[1] + int(m.group(2))
             return np.asarray(self.patch_tokens[:, self.patch_layers.index(layer), pos], dtype=np.float32)
-        index = (self.layers if name == "cls" else self.patch_layers).index(layer)
+        index = (self.cls_layers if name == "cls" else self.patch_layers).index(layer)
         return self.arrays[name][:, index]
 
     def resolve_layers(self, spec: str | Sequence[str | int]) -> list[str]:
@@ -160,7 +169,7 @@ class FeatureSet:
             if r == "stem":
                 out.append((r, self.stem_layer, -1))
                 continue
-            have = self.patch_layers if r != "cls" else self.layers
+            have = self.patch_layers if r != "cls" else self.cls_layers
             out += [(r, layer, self.layers.index(layer)) for layer in chosen if layer in have]
         return out
 
@@ -196,6 +205,7 @@ class Layout:
     """Shapes of one model's readouts, discovered from one forward."""
 
     layers: list[str]
+    cls_layers: list[str]
     patch_layers: list[str]
     stem_layer: str | None
     dim: int
@@ -205,16 +215,17 @@ class Layout:
 
 
 def token_layers(model) -> list[str]:
-    """``["tokens", "blocks.0", ..., "blocks.{depth-1}"]``."""
-    return ["tokens"] + [f"blocks.{i}" for i in range(len(model.blocks))]
+    """The residual-stream hook names in forward order (``["tokens", "blocks.0", ...]``; from the model spec)."""
+    from train.models.adapters import model_spec
+
+    return list(model_spec(model).token_layers)
 
 
 def stem_layer(model) -> str | None:
-    """The hook of the CNN stage that feeds the tokens (``stem.stage{model.stem_stage}``), if it exists."""
-    from .cache import hook_names
+    """The hook of the CNN stage that feeds the tokens (ferlens: ``stem.stage{model.stem_stage}``), if any."""
+    from train.models.adapters import model_spec
 
-    name = f"stem.stage{getattr(model, 'stem_stage', 0)}"
-    return name if name in hook_names(model) else None
+    return model_spec(model).stem_layer
 
 
 def batch_readouts(model, images, *, layers: Sequence[str], stem: str | None, patch_tokens: bool = False,
@@ -222,52 +233,65 @@ def batch_readouts(model, images, *, layers: Sequence[str], stem: str | None, pa
     """One frozen forward → readouts of every layer for a batch.
 
     Args:
-        model: a hybrid in eval mode.
+        model: a model ``model_spec`` understands, in eval mode.
         images: (B, 3, H, W) on the model's device.
         layers: token hook names (``tokens``, ``blocks.i``).
         stem: CNN stage hook name for the ``stem`` readout, or None.
         patch_tokens: also return all patch tokens (float16).
 
     Returns:
-        ``cls`` (B, L, D) float32; ``patch``/``patch_max`` (B, Lp, D) over layers with patches;
-        ``stem`` (B, C); ``patch_tokens`` (B, Lp, N, D) float16; ``patch_layers`` is implicit (the
-        layers whose tensor has more than one token, in order).
+        ``cls`` (B, Lc, D) float32 over the layers with a CLS token; ``patch``/``patch_max`` (B, Lp, D) over
+        the layers with patches (every prefix token excluded); ``stem`` (B, C); ``patch_tokens``
+        (B, Lp, N, D) float16. Which layers have which is ``model_spec(model).layout(name)``.
     """
     import torch
 
+    from train.models.adapters import model_spec
+
     from .cache import run_with_cache
 
+    spec = model_spec(model)
     names = list(layers) + ([stem] if stem else [])
     with torch.inference_mode():
         cache = run_with_cache(model, images, names=names)
-    seqs = [cache[name] for name in layers]  # each (B, T, D)
-    with_patches = [t for t in seqs if t.shape[1] > 1]
-    out: dict[str, np.ndarray] = {"cls": torch.stack([t[:, 0] for t in seqs], 1).float().cpu().numpy()}
-    if with_patches:
+    cls = [spec.cls(cache[n], n) for n in layers if spec.layout(n).cls_index is not None]       # each (B, D)
+    patches = [spec.patches(cache[n], n) for n in layers if spec.layout(n).patches]            # each (B, N, D)
+    out: dict[str, np.ndarray] = {}
+    if cls:
+        out["cls"] = torch.stack(cls, 1).float().cpu().numpy()
+    if patches:
         if "patch" in readouts:
-            out["patch"] = torch.stack([t[:, 1:].mean(1) for t in with_patches], 1).float().cpu().numpy()
+            out["patch"] = torch.stack([p.mean(1) for p in patches], 1).float().cpu().numpy()
         if "patch_max" in readouts:
-            out["patch_max"] = torch.stack([t[:, 1:].amax(1) for t in with_patches], 1).float().cpu().numpy()
+            out["patch_max"] = torch.stack([p.amax(1) for p in patches], 1).float().cpu().numpy()
         if patch_tokens:
-            out["patch_tokens"] = torch.stack([t[:, 1:] for t in with_patches], 1).half().cpu().numpy()
+            out["patch_tokens"] = torch.stack(patches, 1).half().cpu().numpy()
     if stem:
         out["stem"] = cache[stem].float().mean((2, 3)).cpu().numpy()  # (B, C)
     return out
 
 
 def discover_layout(model, image) -> Layout:
-    """Run one image (3, H, W) through ``model`` to learn the readout shapes."""
-    from .cache import run_with_cache
+    """Run one image (3, H, W) through ``model`` to learn the readout shapes (layers from the model spec)."""
     import torch
 
-    layers = token_layers(model)
-    stem = stem_layer(model)
+    from train.models.adapters import model_spec
+
+    from .cache import run_with_cache
+
+    spec = model_spec(model)
+    layers = list(spec.token_layers)
+    if not layers:
+        raise FerlensError(f"{type(model).__name__} names no token layers; describe them with "
+                           "--hook-map tokens=MODULE blocks=MODULE_LIST.")
+    stem = spec.stem_layer
     with torch.inference_mode():
         cache = run_with_cache(model, image[None].to(_device(model)), names=layers + ([stem] if stem else []))
-    patch_layers = [name for name in layers if cache[name].shape[1] > 1]
-    n_patches = int(cache["tokens"].shape[1]) - 1
-    grid = tuple(getattr(model, "grid_size", (n_patches, 1)))
-    return Layout(layers=layers, patch_layers=patch_layers, stem_layer=stem, dim=int(cache["tokens"].shape[-1]),
+    patch_layers = [n for n in layers if spec.layout(n).patches]
+    n_patches = int(spec.patches(cache[patch_layers[0]], patch_layers[0]).shape[1]) if patch_layers else 0
+    grid = spec.grid(n_patches) if n_patches else (0, 0)
+    return Layout(layers=layers, cls_layers=[n for n in layers if spec.layout(n).cls_index is not None],
+                  patch_layers=patch_layers, stem_layer=stem, dim=int(cache[layers[0]].shape[-1]),
                   stem_dim=int(cache[stem].shape[1]) if stem else 0, num_patches=n_patches,
                   grid_size=(int(grid[0]), int(grid[1])))
 
@@ -342,7 +366,7 @@ def extract(model, dataset, *, batch_size: int = 64, readouts: Sequence[str] = R
     return FeatureSet(layers=layout.layers, patch_layers=layout.patch_layers,
                       arrays={k: arrays[k] for k in READOUTS if k in arrays}, stem=arrays.get("stem"),
                       stem_layer=layout.stem_layer, patch_tokens=arrays.get("patch_tokens"),
-                      grid_size=layout.grid_size, **meta)
+                      grid_size=layout.grid_size, cls_layers=layout.cls_layers, **meta)
 
 
 def _check_readouts(readouts: Sequence[str]) -> None:
@@ -394,8 +418,8 @@ def _barrier(world: int) -> None:
 
 
 def _shapes(layout: Layout, n: int, readouts: Sequence[str], patch_tokens: bool) -> dict[str, tuple[tuple, str]]:
-    L, Lp, D = len(layout.layers), len(layout.patch_layers), layout.dim
-    shapes = {"cls": ((n, L, D), "float32")}
+    Lc, Lp, D = len(layout.cls_layers), len(layout.patch_layers), layout.dim
+    shapes = {"cls": ((n, Lc, D), "float32")} if Lc else {}
     if Lp:
         for r in ("patch", "patch_max"):
             if r in readouts:
@@ -514,7 +538,7 @@ def extract_to_disk(run: str | os.PathLike, spec: str | None = None, split: str 
                                      patch_tokens=patch_tokens, readouts=readouts,
                                      desc=f"extract {split}" + (f" [rank {rank}]" if world > 1 else ""),
                                      progress=progress and rank == 0):
-        rows = todo[offset: offset + len(out["cls"])]
+        rows = todo[offset: offset + len(next(iter(out.values())))]
         for name, arr in arrays.items():
             if not np.isfinite(out[name]).all():
                 raise FerlensError(f"The '{name}' features of run {run_dir.name} contain NaN/inf; check the run's "
@@ -559,7 +583,7 @@ def _finalize(folder, arrays, dataset, layout, config, run_dir, spec, split, fp,
     dims = {"cls": layout.dim, "patch": layout.dim, "patch_max": layout.dim, "stem": layout.stem_dim,
             "num_patches": layout.num_patches}
     index = {"fingerprint": fp, "run": run_dir.name, "data_spec": spec, "split": split, "n": len(dataset),
-             "layers": layout.layers, "patch_layers": layout.patch_layers,
+             "layers": layout.layers, "cls_layers": layout.cls_layers, "patch_layers": layout.patch_layers,
              "readouts": [r for r in readouts if r in arrays], "stem": layout.stem_layer, "dims": dims,
              "grid_size": list(layout.grid_size), "patch_tokens": bool(patch_tokens and "patch_tokens" in arrays),
              "label_names": meta["label_names"], "attr_kinds": meta["attr_kinds"],
@@ -613,7 +637,8 @@ def open_folder(folder: str | os.PathLike) -> FeatureSet:
                       attrs=read_json(folder / "attrs.json"), attr_kinds=meta.get("attr_kinds", {}),
                       sample_ids=read_json(folder / "sample_ids.json"), stem=npy("stem"),
                       stem_layer=meta.get("stem"), patch_tokens=npy("patch_tokens"),
-                      grid_size=tuple(meta["grid_size"]) if meta.get("grid_size") else None, meta=meta)
+                      grid_size=tuple(meta["grid_size"]) if meta.get("grid_size") else None, meta=meta,
+                      cls_layers=meta.get("cls_layers"))
 
 
 def ensure_features(run: str | os.PathLike, spec: str | None = None, split: str = "test", **kwargs: Any) -> FeatureSet:

@@ -68,7 +68,7 @@ def test_plain_timm_vit_blocks_and_attention():
     import timm
 
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=3).eval()
-    assert hook_names(vit)[:2] == ["blocks.0.attn", "blocks.0"]
+    assert hook_names(vit)[:3] == ["tokens", "blocks.0.attn", "blocks.0"] and hook_names(vit)[-1] == "pre_logits"
     cache = run_with_cache(vit, torch.randn(2, 3, 32, 32), names=["blocks.11", "blocks.11.attn"])
     assert cache["blocks.11"].shape == (2, 5, 192)
     assert cache["blocks.11.attn"].shape == (2, 3, 5, 5)
