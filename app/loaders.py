@@ -124,6 +124,8 @@ def _flatten_linear(rows: Any) -> pd.DataFrame:
         rows = rows.get("rows", [])
     out = []
     for r in rows:
+        if r.get("probe", "linear") != "linear":  # MLP rows live in the same file; the pages show linear probes
+            continue
         metric = r["metric"]
         name = "accuracy" if "accuracy" in metric else next(iter(metric))
         lo, hi = (r.get("ci95") or {}).get(name, [np.nan, np.nan])

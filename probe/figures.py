@@ -143,13 +143,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise FerlensError(f"{path} is not a readable CSV ({e}); re-run the command that wrote it.") from None
 
 
-def probe_rows(run: RunInfo) -> list[dict[str, Any]]:
-    """The rows of ``probes/linear.json`` (a list, or ``{"rows": [...]}``)."""
+def probe_rows(run: RunInfo, probe: str | None = "linear") -> list[dict[str, Any]]:
+    """The rows of ``probes/linear.json`` (a list, or ``{"rows": [...]}``) of one probe family
+    (``linear`` by default, rows without a ``probe`` field count as linear; None: every family)."""
     data = read_json(_need(run, "probes/linear.json", f"probe linear --run {run.name} --tokens cls,patch --targets all"))
     rows = data.get("rows", []) if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise FerlensError(f"{run.file('probes/linear.json')} holds no list of probe rows; re-run 'probe linear'.")
-    return rows
+    return rows if probe is None else [r for r in rows if r.get("probe", "linear") == probe]
 
 
 def _metric(row: dict[str, Any], name: str) -> tuple[float, float, float]:

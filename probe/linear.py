@@ -9,12 +9,22 @@ strength is chosen by an inner stratified CV. Reported per probe:
   training data, so the interval is a slightly optimistic summary of run-to-run spread);
 * ``chance``: the majority-class rate (0.0 for R², the score of predicting the training mean);
 * ``control_accuracy`` and ``selectivity`` after Hewitt & Liang (2019): the same probe — same
-  features, same folds, same chosen regularization — trained on a *control task* whose labels keep
-  the real label marginals but carry no information about the input. Hewitt & Liang map each word
-  *type* to a fixed random class; our inputs are single images with no shared types, so the control
-  labels are a seeded random permutation of the real labels (identical marginals, a random fixed
-  sample→class map). ``selectivity = accuracy − control_accuracy`` (for continuous targets the
-  same with R² on permuted values).
+  features, same folds, same chosen regularization — trained on a *control task*. Hewitt & Liang map
+  each word *type* to a fixed random class; for images the types are the dataset's identities (or
+  subjects) or, where identities never recur across the folds (identity-grouped folds) or the dataset
+  has none, k-means clusters of the CNN stem features (``control_kinds``). Each type gets one random
+  class drawn from the real label marginals, so a probe that merely memorises types scores high on the
+  control and low in selectivity. ``control_kind`` names the control; ``permutation`` (a seeded
+  permutation of the labels over single images: a random-guess baseline, not a control) is kept only
+  on request. ``selectivity = accuracy − control_accuracy`` (R² for continuous targets).
+* ``cv_groups``: the attribute the folds are grouped by (``identity``/``subject``; ``StratifiedGroupKFold``
+  outer *and* inner splits, so no group is on both sides of any split) or None. A target that *is* the
+  grouping attribute cannot be probed on unseen groups; it uses a within-group split (stratified folds,
+  images of the same identities on both sides) and its rows say ``cv_scheme: "within-group"``.
+* ``probe``: ``linear`` (logistic / ridge) or ``mlp`` (one hidden layer, sklearn ``MLPClassifier`` /
+  ``MLPRegressor``, the same folds and control); with ``mdl=True`` also the online code length of the
+  labels given the features (Voita & Titov 2020): ``mdl_bits``, ``uniform_bits`` and
+  ``compression = uniform_bits / mdl_bits`` (1 = the features tell nothing about the labels).
 
 Two engines fit the probes: ``sklearn`` (the reference: ``LogisticRegressionCV`` / ``RidgeCV``,
 one problem at a time) and ``torch`` (all layers × readouts × inner folds × C values of a target
@@ -48,6 +58,15 @@ KINDS = ("categorical", "continuous")
 # wins clearly.
 DEFAULT_ENGINE = "sklearn"
 CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+GROUP_ATTRS = ("identity", "subject")  # the attributes folds are grouped by by default, first present wins
+CONTROL_KINDS = ("auto", "identity", "subject", "kmeans", "permutation")
+PROBES = ("linear", "mlp")
+# Voita & Titov (2020) online code: block boundaries as fractions of the data (the first block is sent uniformly)
+MDL_BLOCKS: tuple[float, ...] = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)
+MDL_EPSILON = 1e-3  # probabilities are mixed with this much of the uniform code so unseen classes stay finite
+MLP_HIDDEN = 128  # hidden units of the MLP probe
+MLP_ALPHA = 1e-3  # its L2 penalty (fixed: no inner search; the question is capacity, not tuning)
+SAMPLES_PER_TYPE = 40  # k-means control types: about as many images per type as SynthFER has per identity
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -95,9 +114,66 @@ def check_target(y: np.ndarray, *, kind: str, cv: int, name: str = "target") -> 
                            f"{cv} CV folds; use a larger split, a smaller --cv, or drop the target.")
 
 
-def control_labels(y: np.ndarray, seed: int) -> np.ndarray:
-    """Control-task labels: a seeded permutation of ``y`` (same marginals, no input information)."""
-    return np.random.default_rng(10_007 + seed).permutation(y)
+def control_labels(y: np.ndarray, seed: int, types: np.ndarray | None = None) -> np.ndarray:
+    """Control-task labels (Hewitt & Liang 2019).
+
+    Args:
+        y: (n,) encoded target (int codes or floats).
+        seed: control seed.
+        types: (n,) type of each sample (identity, subject or k-means cluster). None: a seeded
+            permutation of ``y`` (the ``permutation`` control).
+
+    Returns:
+        (n,) labels: every type maps to one fixed random class, the classes dealt so that the control keeps the
+        real label marginals as closely as the type sizes allow (a continuous target: one value drawn from ``y``
+        per type), so the labels depend on the type only.
+    """
+    rng = np.random.default_rng(10_007 + seed)
+    if types is None:
+        return rng.permutation(y)
+    _, inverse = np.unique(np.asarray(types).astype(str), return_inverse=True)
+    inverse = inverse.ravel()
+    n_types = int(inverse.max()) + 1
+    if not np.issubdtype(y.dtype, np.integer):
+        return rng.choice(y, size=n_types)[inverse]
+    # Types in random order, each to the class furthest below its share of the real label counts (ties at
+    # random): the class is random per type, and with few large types (k-means, 20 identities) the control's
+    # marginals — and so its majority rate — still match the real ones, which independent draws do not.
+    deficit = np.bincount(y).astype(np.float64)
+    sizes = np.bincount(inverse, minlength=n_types)
+    out = np.empty(n_types, dtype=y.dtype)
+    for t in rng.permutation(n_types):
+        best = np.flatnonzero(deficit >= deficit.max() - 1e-9)
+        out[t] = rng.choice(best)
+        deficit[out[t]] -= sizes[t]
+    return out[inverse]
+
+
+def kmeans_types(features: np.ndarray, n_types: int | None = None, seed: int = 0) -> np.ndarray:
+    """Control types for images without identities: k-means clusters of (standardized) stem features.
+
+    Args:
+        features: (n, C) e.g. the GAP of the CNN stage that feeds the tokens.
+        n_types: clusters (default: about ``SAMPLES_PER_TYPE`` images each, 10..300).
+
+    Returns:
+        (n,) int cluster ids.
+    """
+    from sklearn.cluster import KMeans
+
+    X = np.asarray(features, dtype=np.float64)
+    X = (X - X.mean(0)) / np.where(X.std(0) < 1e-12, 1.0, X.std(0))
+    k = n_types or int(min(300, max(10, len(X) // SAMPLES_PER_TYPE)))
+    k = max(2, min(k, len(X) // 2))
+    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(X).astype(np.int64)
+
+
+def check_groups(groups: np.ndarray, cv: int, name: str = "group") -> None:
+    """Raise ``FerlensError`` when grouped ``cv``-fold CV is impossible (fewer groups than folds)."""
+    n_groups = len(np.unique(np.asarray(groups).astype(str)))
+    if n_groups < cv:
+        raise FerlensError(f"Only {n_groups} distinct '{name}' values for {cv} grouped folds; use a smaller --cv, "
+                           "a larger split, or --group none.")
 
 
 def chance_level(y: np.ndarray, kind: str) -> float:
@@ -107,16 +183,37 @@ def chance_level(y: np.ndarray, kind: str) -> float:
     return float(np.bincount(y).max() / len(y))
 
 
-def _outer_splits(y: np.ndarray, cv: int, seed: int, kind: str):
-    from sklearn.model_selection import KFold, StratifiedKFold
+def _group_codes(groups: np.ndarray) -> np.ndarray:
+    return np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].ravel()
 
+
+def _outer_splits(y: np.ndarray, cv: int, seed: int, kind: str, groups: np.ndarray | None = None):
+    """Outer folds: stratified (categorical) / plain K-fold, or group-disjoint when ``groups`` is given."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    if groups is not None:
+        g = _group_codes(groups)
+        splitter = (StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed) if kind == "categorical"
+                    else GroupKFold(n_splits=cv, shuffle=True, random_state=seed))
+        with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits" is fine
+            warnings.simplefilter("ignore", UserWarning)
+            return list(splitter.split(np.zeros(len(y)), y, g))
     splitter = (StratifiedKFold if kind == "categorical" else KFold)(n_splits=cv, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(y)), y))
 
 
-def _inner_splits(y: np.ndarray, inner_cv: int, seed: int, kind: str):
-    from sklearn.model_selection import KFold, StratifiedKFold
+def _inner_splits(y: np.ndarray, inner_cv: int, seed: int, kind: str, groups: np.ndarray | None = None):
+    """Inner folds for choosing the penalty inside one outer training fold (group-disjoint when grouped)."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
+    if groups is not None:
+        g = _group_codes(groups)
+        k = max(2, min(inner_cv, int(len(np.unique(g)))))
+        splitter = (StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed) if kind == "categorical"
+                    else GroupKFold(n_splits=k, shuffle=True, random_state=seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return list(splitter.split(np.zeros(len(y)), y, g))
     if kind == "categorical":
         k = max(2, min(inner_cv, int(np.bincount(y)[np.bincount(y) > 0].min())))
         with warnings.catch_warnings():  # a class rarer than k folds is fine for choosing C
@@ -167,9 +264,9 @@ def _sklearn_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_it
         for xtr, xte in zip(prob.x_train, prob.x_test):
             clf = LogisticRegressionCV(Cs=list(Cs), cv=prob.inner, l1_ratios=(0.0,), scoring="accuracy",
                                        max_iter=max_iter, use_legacy_attributes=False).fit(xtr, prob.y_train)
-            ctrl = LogisticRegression(C=float(clf.C_), max_iter=max_iter).fit(xtr, prob.c_train)
             preds.append(clf.predict(xte))
-            cpreds.append(ctrl.predict(xte))
+            cpreds.append(_fit_predict(lambda: LogisticRegression(C=float(clf.C_), max_iter=max_iter),
+                                       xtr, prob.c_train, xte))
             chosen.append(float(clf.C_))
     return np.stack(preds), np.stack(cpreds), np.asarray(chosen)
 
@@ -186,6 +283,38 @@ def _sklearn_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max
         cpreds.append(ctrl.predict(xte))
         chosen.append(float(reg.alpha_))
     return np.stack(preds), np.stack(cpreds), np.asarray(chosen)
+
+
+def _fit_predict(make: Callable, xtr: np.ndarray, labels: np.ndarray, xte: np.ndarray) -> np.ndarray:
+    """Fit ``make()`` on (xtr, labels) and predict xte; a single-class label set (a type control can map
+    every type of a small training fold to one class) predicts that class."""
+    if np.issubdtype(labels.dtype, np.integer) and len(np.unique(labels)) < 2:
+        return np.full(len(xte), labels[0])
+    return make().fit(xtr, labels).predict(xte)
+
+
+def _mlp(kind: str, seed: int):
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    cls = MLPClassifier if kind == "categorical" else MLPRegressor
+    return cls(hidden_layer_sizes=(MLP_HIDDEN,), alpha=MLP_ALPHA, max_iter=200, random_state=seed)
+
+
+def _mlp_solve(kind: str):
+    """MLP probe engine (sklearn): one hidden layer, fixed penalty, fitted on the real and control labels."""
+
+    def solve(prob: ProbeProblem, grid: Sequence[float], seed: int, max_iter: int):
+        from sklearn.exceptions import ConvergenceWarning
+
+        preds, cpreds = [], []
+        with warnings.catch_warnings():  # 200 Adam epochs; a probe that has not converged is still a probe
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for xtr, xte in zip(prob.x_train, prob.x_test):
+                preds.append(_fit_predict(lambda: _mlp(kind, seed), xtr, prob.y_train, xte))
+                cpreds.append(_fit_predict(lambda: _mlp(kind, seed), xtr, prob.c_train, xte))
+        return np.stack(preds), np.stack(cpreds), np.full(len(prob.x_train), MLP_ALPHA)
+
+    return solve
 
 
 @contextlib.contextmanager
@@ -447,6 +576,74 @@ def _check_engine(engine: str) -> None:
                            + close_matches(engine, ENGINES))
 
 
+def _check_probe(probe: str) -> None:
+    if probe not in PROBES:
+        raise FerlensError(f"Unknown probe family '{probe}'; use one of {', '.join(PROBES)}." + close_matches(probe, PROBES))
+
+
+def _solvers(probe: str, engine: str) -> tuple[Callable, Callable]:
+    """(classify, regress) for a probe family: the linear engines, or the MLP."""
+    _check_probe(probe)
+    if probe == "mlp":
+        return _single_threaded(_mlp_solve("categorical")), _single_threaded(_mlp_solve("continuous"))
+    _check_engine(engine)
+    return ENGINES[engine]
+
+
+# ----------------------------------------------------------------------------- MDL (online code)
+
+def _prefix_proba(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, n_classes: int, probe: str, C: float,
+                  seed: int) -> np.ndarray:
+    """(n_te, K) class probabilities of a probe trained on one prefix of the online code.
+
+    A prefix with a single class is coded by add-one (Laplace) class counts instead of a probe.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    classes = np.unique(ytr)
+    if len(classes) < 2:
+        counts = np.bincount(ytr, minlength=n_classes) + 1.0
+        return np.tile(counts / counts.sum(), (len(xte), 1))
+    model = _mlp("categorical", seed) if probe == "mlp" else LogisticRegression(C=C, max_iter=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(xtr, ytr)
+    out = np.zeros((len(xte), n_classes))
+    out[:, model.classes_] = model.predict_proba(xte)
+    return out
+
+
+def online_codelength(x: np.ndarray, y: np.ndarray, *, n_classes: int | None = None, seed: int = 0,
+                      probe: str = "linear", C: float = 1.0,
+                      blocks: Sequence[float] = MDL_BLOCKS) -> tuple[float, float]:
+    """Online (prequential) code length of the labels given the features (Voita & Titov 2020).
+
+    The samples are put in a seeded random order and cut at ``blocks`` (fractions of n); the first block
+    is sent with the uniform code, every later block with a probe trained on all samples before it.
+    Probabilities are mixed with ``MDL_EPSILON`` of the uniform code so a class the prefix has not seen
+    costs finite bits. Written here: no library computes online code lengths.
+
+    Args:
+        x: (n, D) features; y: (n,) int labels 0..K-1.
+        probe: ``linear`` (logistic regression at inverse penalty ``C``) or ``mlp``.
+
+    Returns:
+        (codelength in bits, uniform code length n log2 K in bits).
+    """
+    n = len(y)
+    K = int(n_classes or int(y.max()) + 1)
+    order = np.random.default_rng(20_011 + seed).permutation(n)
+    x, y = np.asarray(x)[order], np.asarray(y)[order]
+    ends = sorted({min(n, max(1, int(round(f * n)))) for f in blocks} | {n})
+    bits = ends[0] * np.log2(K)
+    for start, stop in zip(ends[:-1], ends[1:]):
+        xtr, xte = _standardize(x[:start], x[start:stop])
+        p = (1 - MDL_EPSILON) * _prefix_proba(xtr, y[:start], xte, K, probe, C, seed) + MDL_EPSILON / K
+        bits += float(-np.log2(p[np.arange(stop - start), y[start:stop]]).sum())
+    return float(bits), float(n * np.log2(K))
+
+
 # ----------------------------------------------------------------------------- scoring
 
 def _fold_scores(y_true: np.ndarray, y_pred: np.ndarray, kind: str) -> dict[str, float]:
@@ -480,28 +677,36 @@ def _dedupe(xs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
 def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "categorical", cv: int = 5,
                       seeds: Sequence[int] = (0,), engine: str = DEFAULT_ENGINE, Cs: Sequence[float] = DEFAULT_CS,
                       alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
-                      name: str = "target") -> list[dict[str, Any]]:
+                      name: str = "target", groups: np.ndarray | None = None, types: np.ndarray | None = None,
+                      probe: str = "linear", mdl: bool = False) -> list[dict[str, Any]]:
     """Probe several feature matrices against one target in one batched pass.
 
     Args:
         xs: P arrays (n, D_p) (memory-mapped arrays are fine; each is read once per fold).
         y: (n,) encoded target (see ``encode_target``).
         kind: ``categorical`` (logistic regression) or ``continuous`` (ridge, R²).
-        cv: outer folds; seeds: one outer split (and control permutation) per seed.
-        engine: ``torch`` (batched) or ``sklearn`` (reference).
+        cv: outer folds; seeds: one outer split (and control task) per seed.
+        engine: ``torch`` (batched) or ``sklearn`` (reference) for the linear probe.
         Cs / alphas: regularization grids searched by the inner CV.
         inner_cv: inner folds.
         max_iter: solver iterations.
         name: target name for error messages.
+        groups: (n,) group of each sample (identity, subject): outer and inner folds are group-disjoint.
+            None: stratified folds.
+        types: (n,) control types (see ``control_labels``); None: the permutation control.
+        probe: ``linear`` or ``mlp``.
+        mdl: also the online code length (categorical targets; averaged over seeds).
 
     Returns:
         P result dicts with ``metric``, ``ci95``, ``control_accuracy``, ``selectivity``, ``chance``,
-        ``n_train``, ``n_test``, ``dim``, ``kind``, ``reg`` (median chosen C or alpha).
+        ``n_train``, ``n_test``, ``dim``, ``kind``, ``reg`` (median chosen C or alpha), ``probe``,
+        ``n_seeds``, ``mdl_bits``, ``uniform_bits``, ``compression`` (None without ``mdl``).
     """
-    _check_engine(engine)
+    classify, regress = _solvers(probe, engine)
     check_target(y, kind=kind, cv=cv, name=name)
+    if groups is not None:
+        check_groups(groups, cv)
     xs, where = _dedupe(xs)  # e.g. cataftermlp's patch readout, identical at every layer: probe it once
-    classify, regress = ENGINES[engine]
     solve, grid = (classify, Cs) if kind == "categorical" else (regress, alphas)
     n_classes = int(y.max()) + 1 if kind == "categorical" else 0
     P = len(xs)
@@ -510,11 +715,11 @@ def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "c
     regs: list[list[float]] = [[] for _ in range(P)]
     sizes = []
     for seed in seeds:
-        c = control_labels(y, seed)
-        for fold, (tr, te) in enumerate(_outer_splits(y, cv, seed, kind)):
+        c = control_labels(y, seed, types)
+        for fold, (tr, te) in enumerate(_outer_splits(y, cv, seed, kind, groups)):
             pairs = [_standardize(np.asarray(x[tr]), np.asarray(x[te])) for x in xs]
-            prob = ProbeProblem([p[0] for p in pairs], [p[1] for p in pairs], y[tr], c[tr], n_classes,
-                                _inner_splits(y[tr], inner_cv, seed * 1000 + fold, kind))
+            inner = _inner_splits(y[tr], inner_cv, seed * 1000 + fold, kind, None if groups is None else groups[tr])
+            prob = ProbeProblem([p[0] for p in pairs], [p[1] for p in pairs], y[tr], c[tr], n_classes, inner)
             pred, cpred, chosen = solve(prob, grid, seed, max_iter)
             sizes.append((len(tr), len(te)))
             for p in range(P):
@@ -530,17 +735,25 @@ def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "c
         ci = {m: list(t_interval([s[m] for s in scores[p]])) for m in names}
         main = "r2" if kind == "continuous" else "accuracy"
         control = float(np.mean(controls[p]))
+        reg = float(np.median(regs[p]))
+        code = {"mdl_bits": None, "uniform_bits": None, "compression": None}
+        if mdl and kind == "categorical":
+            bits = [online_codelength(np.asarray(xs[p]), y, n_classes=n_classes, seed=s, probe=probe, C=reg)
+                    for s in seeds]
+            code = {"mdl_bits": float(np.mean([b[0] for b in bits])), "uniform_bits": bits[0][1]}
+            code["compression"] = code["uniform_bits"] / code["mdl_bits"]
         results.append({"metric": metric, "ci95": ci, "control_accuracy": control,
                         "selectivity": metric[main] - control, "chance": chance_level(y, kind),
                         "n_train": n_train, "n_test": n_test, "dim": int(xs[p].shape[1]), "kind": kind,
-                        "reg": float(np.median(regs[p]))})
+                        "reg": reg, "probe": probe, "n_seeds": len(list(seeds)), **code})
     return [dict(results[k]) for k in where]
 
 
 def fit_probe(*, features: np.ndarray, labels: Sequence[Any], cv: int = 5, seed: int = 0, seeds: int = 1,
               kind: str = "categorical", engine: str = DEFAULT_ENGINE, Cs: Sequence[float] = DEFAULT_CS,
-              alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3,
-              max_iter: int = 100) -> dict[str, Any]:
+              alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
+              groups: Sequence[Any] | None = None, types: Sequence[Any] | None = None, probe: str = "linear",
+              mdl: bool = False) -> dict[str, Any]:
     """Fit one linear probe with outer CV and report metrics with 95% CIs, chance and selectivity.
 
     Args:
@@ -551,17 +764,22 @@ def fit_probe(*, features: np.ndarray, labels: Sequence[Any], cv: int = 5, seed:
         kind: ``categorical`` or ``continuous``.
         engine: ``torch`` or ``sklearn``.
         Cs / alphas: regularization grids for the inner CV.
+        groups: (n,) groups (identity, subject) for group-disjoint outer and inner folds; None: stratified.
+        types: (n,) control types (Hewitt & Liang); None: the permutation control.
+        probe: ``linear`` or ``mlp``; mdl: also the online code length.
 
     Returns:
         dict with ``metric``, ``ci95``, ``control_accuracy``, ``selectivity``, ``chance``, ``n_train``,
-        ``n_test``, ``dim``, ``kind``, ``reg``.
+        ``n_test``, ``dim``, ``kind``, ``reg``, ``probe``, ``n_seeds``, ``mdl_bits``, ``compression``.
     """
     X = np.asarray(features)
     if X.ndim != 2 or len(X) != len(labels):
         raise FerlensError(f"features must be (n, D) with one row per label; got {X.shape} for {len(labels)} labels.")
     y = encode_target(labels, kind)
     return evaluate_features([X], y, kind=kind, cv=cv, seeds=range(seed, seed + seeds), engine=engine, Cs=Cs,
-                             alphas=alphas, inner_cv=inner_cv, max_iter=max_iter)[0]
+                             alphas=alphas, inner_cv=inner_cv, max_iter=max_iter,
+                             groups=None if groups is None else np.asarray(groups),
+                             types=None if types is None else np.asarray(types), probe=probe, mdl=mdl)[0]
 
 
 # ----------------------------------------------------------------------------- sweeps over a FeatureSet
@@ -580,12 +798,68 @@ def resolve_targets(featureset: "FeatureSet", targets: Sequence[str] | str) -> l
     return list(targets)
 
 
+def resolve_group(featureset: "FeatureSet", group: str | None = "auto") -> str | None:
+    """``auto`` → the first of ``GROUP_ATTRS`` the dataset has (None when it has none); ``none`` → None;
+    else the named attribute (FerlensError when it does not exist)."""
+    if group in (None, "none"):
+        return None
+    if group == "auto":
+        return next((g for g in GROUP_ATTRS if g in featureset.attrs), None)
+    valid = [a for a in featureset.attrs]
+    if group not in valid:
+        raise FerlensError(f"Unknown --group '{group}'; this dataset has {', '.join(valid) or 'no attributes'} "
+                           "(or use 'auto' / 'none')." + close_matches(group, valid))
+    return group
+
+
+@dataclass
+class ControlTypes:
+    """Lazily computed control types of one FeatureSet (k-means of the stem features computed once)."""
+
+    featureset: "FeatureSet"
+    _kmeans: np.ndarray | None = None
+
+    def kmeans(self) -> np.ndarray:
+        if self._kmeans is None:
+            fs = self.featureset
+            base = fs.stem if fs.stem is not None else fs.readout("patch" if "patch" in fs.arrays else "cls", fs.layers[0])
+            self._kmeans = kmeans_types(np.asarray(base))
+        return self._kmeans
+
+    def resolve(self, control: str, target: str, grouped_by: str | None) -> tuple[np.ndarray | None, str]:
+        """(types or None, control_kind) for one target.
+
+        ``auto``: the dataset's identity/subject when those types recur on both sides of the folds (the
+        folds are not grouped by them and the target is not that attribute itself), else k-means clusters
+        of the stem features (identity-grouped folds never show a test identity in training, so an identity
+        control would be the random-guess rate again).
+        """
+        if control not in CONTROL_KINDS:
+            raise FerlensError(f"Unknown --control '{control}'; use one of {', '.join(CONTROL_KINDS)}."
+                               + close_matches(control, CONTROL_KINDS))
+        attrs = self.featureset.attrs
+        if control == "permutation":
+            return None, "permutation"
+        if control in GROUP_ATTRS:
+            if control not in attrs:
+                raise FerlensError(f"--control {control} needs a '{control}' attribute, which this dataset lacks; "
+                                   "use --control kmeans.")
+            return np.asarray(attrs[control]), f"type:{control}"
+        if control == "auto":
+            attr = next((g for g in GROUP_ATTRS if g in attrs), None)
+            if attr is not None and attr != grouped_by and attr != target:
+                return np.asarray(attrs[attr]), f"type:{attr}"
+        types = self.kmeans()
+        return types, f"type:kmeans-stem(k={int(types.max()) + 1})"
+
+
 def sweep(*, featureset: "FeatureSet", targets: Sequence[str] | str = ("expression",),
           readouts: Sequence[str] | str = ("cls", "patch"), layers: Sequence[str | int] | str = "all",
           cv: int = 5, seeds: int = 3, engine: str = DEFAULT_ENGINE, Cs: Sequence[float] = DEFAULT_CS,
           alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
           run: str | None = None, on_skip: Callable[[str], None] | None = None,
-          progress: bool = True) -> list[dict[str, Any]]:
+          progress: bool = True, group: str | None = "auto", control: str = "auto", probe: str = "linear",
+          mdl: bool = False) -> list[dict[str, Any]]:
     """Probe every (target, layer, readout) of a FeatureSet; all readouts × layers of a target in one batch.
 
     Args:
@@ -598,41 +872,62 @@ def sweep(*, featureset: "FeatureSet", targets: Sequence[str] | str = ("expressi
         run: value of the ``run`` column.
         on_skip: called with a one-line note when a target from ``"all"`` cannot be probed (it is
             skipped); when None or the target was named explicitly the error is raised.
+        group: attribute the folds are grouped by (``auto``: identity/subject when present; ``none``).
+            The grouping attribute itself is probed with a within-group (stratified) split.
+        control: control task (``CONTROL_KINDS``; see ``ControlTypes.resolve``).
+        probe: ``linear`` or ``mlp``; mdl: also the online code length per probe.
 
     Returns:
-        Rows per docs/contracts.md (``random_init_accuracy`` is None; ``probe linear`` fills it).
+        Rows per docs/contracts.md (``random_init_accuracy`` is None; ``probe linear`` fills it), with
+        ``cv_groups``, ``cv_scheme`` (grouped | within-group | stratified) and ``control_kind``.
     """
     from tqdm.auto import tqdm
 
     from_all = targets == "all" or list(targets) == ["all"]
     names = resolve_targets(featureset, targets)
     pairs = featureset.pairs(readouts, layers)  # [(readout, layer, layer_index)]
+    group_name = resolve_group(featureset, group)
+    if group == "auto" and group_name is not None:
+        n_groups = len(np.unique(np.asarray(featureset.attrs[group_name]).astype(str)))
+        if n_groups < cv:  # too few identities to group by: say so and fall back to stratified folds
+            if on_skip is not None:
+                on_skip(f"only {n_groups} distinct '{group_name}' values for {cv} folds; folds are not grouped")
+            group_name = None
+    control_types = ControlTypes(featureset)
     rows: list[dict[str, Any]] = []
     for target in tqdm(names, desc="probe targets", disable=not progress):
         values, kind = featureset.target(target)
         y = encode_target(values, kind)
+        grouped_by = group_name if group_name not in (None, target) else None
+        scheme = "grouped" if grouped_by else ("within-group" if group_name == target else "stratified")
+        groups = np.asarray(featureset.attrs[grouped_by]) if grouped_by else None
         try:
             check_target(y, kind=kind, cv=cv, name=target)
+            if groups is not None:
+                check_groups(groups, cv, grouped_by)
         except FerlensError as e:
             if from_all and on_skip is not None:
                 on_skip(f"skipping target '{target}': {e}")
                 continue
             raise
+        types, control_kind = control_types.resolve(control, target, grouped_by)
         xs = [featureset.readout(r, layer) for r, layer, _ in pairs]
         results = evaluate_features(xs, y, kind=kind, cv=cv, seeds=range(seeds), engine=engine, Cs=Cs,
-                                    alphas=alphas, inner_cv=inner_cv, max_iter=max_iter, name=target)
+                                    alphas=alphas, inner_cv=inner_cv, max_iter=max_iter, name=target,
+                                    groups=groups, types=types, probe=probe, mdl=mdl)
         for (readout, layer, index), res in zip(pairs, results):
             rows.append({"run": run, "target": target, "layer": layer, "layer_index": index, "tokens": readout,
-                         **res, "random_init_accuracy": None})
+                         **res, "cv_groups": grouped_by, "cv_scheme": scheme, "control_kind": control_kind,
+                         "random_init_accuracy": None})
     return rows
 
 
 def add_baseline(rows: list[dict[str, Any]], baseline_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill ``random_init_accuracy`` from rows of the same sweep on a random-init model (accuracy or R²)."""
-    key = {(r["target"], r["layer"], r["tokens"]): r for r in baseline_rows}
+    key = {(r["target"], r["layer"], r["tokens"], r.get("probe", "linear")): r for r in baseline_rows}
     out = []
     for r in rows:
-        b = key.get((r["target"], r["layer"], r["tokens"]))
+        b = key.get((r["target"], r["layer"], r["tokens"], r.get("probe", "linear")))
         main = "r2" if r["kind"] == "continuous" else "accuracy"
         out.append({**r, "random_init_accuracy": None if b is None else b["metric"][main]})
     return out
@@ -641,7 +936,15 @@ def add_baseline(rows: list[dict[str, Any]], baseline_rows: list[dict[str, Any]]
 CSV_COLUMNS = ["run", "target", "kind", "layer", "layer_index", "tokens", "accuracy", "accuracy_lo", "accuracy_hi",
                "balanced_accuracy", "balanced_accuracy_lo", "balanced_accuracy_hi", "macro_f1", "macro_f1_lo",
                "macro_f1_hi", "r2", "r2_lo", "r2_hi", "control_accuracy", "selectivity", "chance",
-               "random_init_accuracy", "n_train", "n_test", "dim", "reg"]
+               "random_init_accuracy", "n_train", "n_test", "dim", "reg", "probe", "cv_groups", "cv_scheme",
+               "control_kind", "n_seeds", "mdl_bits", "uniform_bits", "compression"]
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``linear.json`` after a sweep: the new rows replace every old row of the same probe family
+    (``linear`` / ``mlp``); rows of the other families are kept, so ``--probe mlp`` adds to the linear rows."""
+    families = {r.get("probe", "linear") for r in new}
+    return [r for r in old if r.get("probe", "linear") not in families] + list(new)
 
 
 def flatten_row(row: dict[str, Any]) -> dict[str, Any]:
