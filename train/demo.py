@@ -332,9 +332,24 @@ def machine() -> dict[str, object]:
 
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                     cuda=torch.cuda.is_available())
+        from .precision import cpu_summary
+
+        info.update(cpu_summary())
     except ImportError:
         pass
     return info
+
+
+def run_precisions(root: Path, runs: Sequence[str]) -> dict[str, object]:
+    """``{run: config.json["precision"]}`` of the demo's fitted runs (what ``--amp auto`` chose and why)."""
+    out: dict[str, object] = {}
+    for run in runs:
+        path = root / "runs" / run / "config.json"
+        try:
+            out[run] = json.loads(path.read_text()).get("precision")
+        except (OSError, json.JSONDecodeError):
+            out[run] = None
+    return out
 
 
 def run_demo(opts: DemoOptions, out=sys.stdout) -> int:
@@ -365,7 +380,7 @@ def _write_timings(root: Path, opts: DemoOptions, results: Sequence[StageResult]
                    jobs: int) -> None:
     atomic_write_json(root / "demo_timings.json", {
         "quick": opts.quick, "variants": list(opts.variants), "total_seconds": round(elapsed, 2),
-        "jobs": jobs,
+        "jobs": jobs, "precision": run_precisions(root, [opts.run_name(v) for v in opts.variants]),
         "stages": [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 2), "start": r.start}
                    for r in results],
         "machine": machine()})

@@ -11,6 +11,7 @@ A run checkpoints at every epoch end (atomic writes); ``--resume`` continues bit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import io
 import math
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .distributed import DistInfo, all_true, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_true, barrier, broadcast_object, cleanup, init_distributed
 from .errors import FerlensError
 from .io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from .nanguard import NanGuard, first_nonfinite_grad, first_nonfinite_output, first_nonfinite_tensor, grad_norm
@@ -713,9 +714,11 @@ def _fit_claimed(cfg: TrainConfig, info: DistInfo, run_dir: Path, claim) -> Path
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data)
     model = build_model(cfg, splits["train"].num_classes).to(info.device)
+    precision = resolve_precision(cfg, model, splits["train"].num_classes, info)
+    cfg = dataclasses.replace(cfg, amp=precision.amp)         # config.json keeps the resolved amp (resume)
     tune_for_device(model, cfg, info.device)
     set_transforms(splits, model, cfg)
-    config = run_config(cfg, model, splits["train"])
+    config = {**run_config(cfg, model, splits["train"]), "precision": precision.as_dict()}
     seed_everything(cfg.seed + info.rank)                    # per-rank augmentation streams
     generator = torch.Generator().manual_seed(cfg.seed + info.rank)
     loader = train_loader(splits["train"], cfg, info, generator)
@@ -738,7 +741,7 @@ def _fit_claimed(cfg: TrainConfig, info: DistInfo, run_dir: Path, claim) -> Path
     if cfg.resume:
         from .io import read_json
 
-        config = {**read_json(run_dir / "config.json"), "train": cfg.to_dict()}
+        config = {**read_json(run_dir / "config.json"), "train": cfg.to_dict(), "precision": precision.as_dict()}
     good = t.state_dict(with_guard=False)                    # last good state, in memory
     saves = 0
     while t.epoch < cfg.epochs:
@@ -810,6 +813,19 @@ def _dump_rank(folder: Path, t: Trainer, info: DistInfo, saves: int) -> None:
     atomic_write_json(folder / f"rank{info.rank}.json", {"rank": info.rank, "world_size": info.world_size,
                                                          "sha256": digest.hexdigest(), "checkpoints_written": saves,
                                                          "step": t.step})
+
+
+def resolve_precision(cfg: TrainConfig, model: nn.Module, num_classes: int, info: DistInfo):
+    """``cfg.amp`` resolved for this device (``train.precision``), chosen on rank 0 and printed once."""
+    from .precision import announce, choose_precision
+
+    precision = None
+    if info.is_main:
+        img_size = int(data_config(model, cfg)["input_size"][-1])
+        precision = choose_precision(cfg.amp, info.device, model, batch=cfg.batch_size, img_size=img_size,
+                                     num_classes=num_classes, channels_last=cfg.channels_last)
+        tqdm.write(announce(precision))
+    return broadcast_object(precision, info)
 
 
 def _plan_on_rank0(cfg: TrainConfig, info: DistInfo):

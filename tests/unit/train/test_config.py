@@ -47,7 +47,7 @@ def test_preset_name_resolves_to_bundled_yaml():
     (["--epoch", "3"], "Did you mean: epochs"),
     (["--epochs", "three"], "'epochs' is not a valid integer"),
     (["--scheduler", "cosin"], "Did you mean: cosine"),
-    (["--amp", "fp8"], "must be one of none, bf16, fp16"),
+    (["--amp", "fp8"], "must be one of auto, none, bf16, fp16"),
     (["lr", "3"], "overrides are written '--key value'"),
 ])
 def test_bad_overrides_one_sentence(tokens, fragment):
