@@ -3,10 +3,15 @@ with ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported on
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+import traceback
 
-from .errors import FerlensError
+from .errors import FerlensError, disk_full_sentence, sentence
+
+DEBUG_ENV = "FERLENS_DEBUG"   # =1: print tracebacks (FerlensError) and re-raise unexpected errors
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("train.commands.fit", "train a model and write artifacts/runs/<run>"),
@@ -37,15 +42,35 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], description: str, 
     sp = argparse.ArgumentParser(prog=f"{prog} {name}", description=commands[name][1].replace("%%", "%"))
     module.add_arguments(sp)
     args = sp.parse_args(argv[1:])
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(module.run(args) or 0)
     except FerlensError as e:
-        print(f"{prog} {name}: error: {e}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"{prog} {name}: error: {sentence(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog} {name}: interrupted; finished artifacts are kept, nothing half-written is left.",
               file=sys.stderr)
         return 130
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"{prog} {name}: error: {disk_full_sentence(e)}", file=sys.stderr)
+        else:
+            print(f"{prog} {name}: error: {e.strerror or type(e).__name__}"
+                  f"{f' ({e.filename})' if e.filename else ''}; check that path and its permissions, then re-run.",
+                  file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug, not a user error: still one line, the traceback only on request
+        if debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{prog} {name}: internal error {type(e).__name__}: {first} — re-run with {DEBUG_ENV}=1 for the "
+              "traceback and report it.", file=sys.stderr)
+        return 1
 
 
 def main(argv=None) -> int:

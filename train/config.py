@@ -99,6 +99,50 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "class_weights": ("none", "balanced"),
     "amp": ("auto", "none", "bf16", "fp16"),
 }
+# field -> (lowest allowed, highest allowed or None, what the value means): checked by ``check_ranges``
+RANGES: dict[str, tuple[float, float | None, str]] = {
+    "epochs": (1, None, "epochs to train"), "batch_size": (1, None, "images per training step"),
+    "eval_batch_size": (1, None, "images per evaluation step"), "workers": (0, None, "data-loader processes"),
+    "threads": (0, None, "CPU threads (0 = torch's default)"), "bootstrap": (0, None, "bootstrap resamples"),
+    "lr": (0, None, "learning rate"), "weight_decay": (0, None, "weight decay"),
+    "warmup_epochs": (0, None, "warm-up epochs"), "grad_clip": (0, None, "max grad norm (0 = off)"),
+    "mixup": (0, None, "mixup alpha"), "cutmix": (0, None, "cutmix alpha"), "mixup_prob": (0, 1, "probability"),
+    "label_smoothing": (0, 0.999, "label smoothing"), "hflip": (0, 1, "probability"),
+    "re_prob": (0, 1, "probability"), "color_jitter": (0, None, "jitter strength"),
+    "drop_path": (0, 0.999, "drop rate"), "attn_drop": (0, 0.999, "drop rate"), "ema_decay": (0, 0.99999, "decay"),
+    "nan_max_consecutive": (1, None, "steps"), "nan_lr_factor": (1e-6, 1, "LR factor"),
+    "nan_max_rollbacks": (0, None, "rollbacks"), "backbone_lr_mult": (0, None, "LR multiplier"),
+}
+MIN_IMG_SIZE = 16  # px; smaller inputs leave no spatial grid in any ferlens stem
+
+
+def check_ranges(values: dict[str, Any], source: str = "the command line") -> None:
+    """Raise one sentence for the first value outside its range (``RANGES``, ``img_size``).
+
+    Args:
+        values: field values (a partial dict; absent fields keep their valid defaults).
+        source: where they came from, for the message.
+    """
+    for key, (lo, hi, what) in RANGES.items():
+        if key not in values:
+            continue
+        v = values[key]
+        if v < lo or (hi is not None and v > hi):
+            span = f"between {lo:g} and {hi:g}" if hi is not None else f"at least {lo:g}"
+            raise FerlensError(f"'{key}' ({what}) must be {span}, got {v} in {source}; pass e.g. --{key} "
+                               f"{TrainConfig.__dataclass_fields__[key].default}.")
+    size = values.get("img_size", 0)
+    if size and size < MIN_IMG_SIZE:
+        raise FerlensError(f"'img_size' {size} is too small (at least {MIN_IMG_SIZE} px) in {source}; pass "
+                           "--img_size 0 for the model's default size or a size such as 64 or 112.")
+    if size < 0:
+        raise FerlensError(f"'img_size' must be 0 (the model's default) or a size in px, got {size} in {source}.")
+    lo, hi = values.get("rrc_scale", (0.8, 1.0))
+    if not 0 < lo <= hi <= 1:
+        raise FerlensError(f"'rrc_scale' must be two areas 0 < a <= b <= 1, got {lo},{hi} in {source}; "
+                           "pass e.g. --rrc_scale 0.8,1.0.")
+
+
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 
@@ -305,6 +349,7 @@ def resolve_config(yaml_path: str | Path | None = None, overrides: list[str] | N
         set_value(values, key, raw, "the command line")
     if values.get("resume"):
         return _resume_config(values["resume"], [(k.replace("-", "_"), r) for k, r in pairs])
+    check_ranges(values)
     return TrainConfig(**values)
 
 
@@ -326,4 +371,5 @@ def _resume_config(run: str, pairs: list[tuple[str, Any]]) -> TrainConfig:
             raise FerlensError(f"'--{key}' cannot change when resuming {run_dir.name} (it would not continue "
                                "the same run); drop it, or start a new run with --run_name.")
     values["resume"] = str(run_dir)
+    check_ranges(values, f"{run_dir}/config.json or the command line")
     return TrainConfig(**values)

@@ -34,7 +34,25 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` → this rank's CUDA device when there is one, else CPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    from .errors import FerlensError
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise FerlensError(f"Unknown --device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise FerlensError(f"--device {name} needs a CUDA GPU, but torch sees none on this machine; "
+                               "use --device cpu (or auto).")
+        if dev.index is not None and dev.index >= n:
+            raise FerlensError(f"--device {name} does not exist: this machine has {n} CUDA device(s) "
+                               f"(cuda:0 to cuda:{n - 1}); pick one of those or --device auto.")
+    elif dev.type not in ("cpu", "mps"):
+        raise FerlensError(f"--device {name} is not supported by ferlens; use auto, cpu, cuda or cuda:N.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise FerlensError(f"--device {name} needs Apple's MPS backend, which this machine lacks; use --device cpu.")
+    return dev
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -184,6 +184,27 @@ def tune_for_device(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
                 module.fused_attn = False
 
 
+@torch.no_grad()
+def check_forward(model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    """One forward pass of a (1, 3, S, S) zero batch before anything trains, so a model that cannot take
+    the configured input (timm ViTs assert their fixed image size) fails in one sentence, not mid-step."""
+    size = input_config(model, cfg)["img_size"]
+    was_training = model.training
+    model.eval()
+    try:
+        model(_images_to(torch.zeros(1, 3, size, size), device, cfg.channels_last))
+    except FerlensError:
+        raise
+    except (AssertionError, RuntimeError, ValueError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        default = getattr(model, "default_cfg", {}).get("input_size", (3, "its default"))[-1]
+        raise FerlensError(f"The model {cfg.model} cannot take {size}x{size} images ({type(e).__name__}: {first}); "
+                           f"pass --img_size {default} (its default), or a size the model is built for "
+                           f"(timm ViTs: --model_kwargs.img_size {size}).") from None
+    finally:
+        model.train(was_training)
+
+
 def backbone_module(model: nn.Module) -> nn.Module | None:
     """The CNN part: ``model.stem`` for ferlens hybrids (None for other models)."""
     return getattr(model, "stem", None)
@@ -717,6 +738,7 @@ def _fit_claimed(cfg: TrainConfig, info: DistInfo, run_dir: Path, claim) -> Path
     precision = resolve_precision(cfg, model, splits["train"].num_classes, info)
     cfg = dataclasses.replace(cfg, amp=precision.amp)         # config.json keeps the resolved amp (resume)
     tune_for_device(model, cfg, info.device)
+    check_forward(model, cfg, info.device)
     set_transforms(splits, model, cfg)
     config = {**run_config(cfg, model, splits["train"]), "precision": precision.as_dict()}
     seed_everything(cfg.seed + info.rank)                    # per-rank augmentation streams

@@ -6,6 +6,7 @@ half-written file behind: readers see either the old file or the new one.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -45,9 +46,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
                 os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            from .errors import FerlensError, disk_full_sentence
+
+            raise FerlensError(disk_full_sentence(OSError(e.errno, e.strerror, str(path)))) from None
         raise
     return path
 

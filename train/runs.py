@@ -81,9 +81,10 @@ class RunClaim:
         published: whether ``final`` holds this claim's files.
     """
 
-    def __init__(self, final: Path, lock_fd: int, path: Path, published: bool, overwrite: bool):
+    def __init__(self, final: Path, lock_fd: int, path: Path, published: bool, overwrite: bool,
+                 made_parent: Path | None = None):
         self.final, self.path, self.published = final, path, published
-        self._fd, self._overwrite = lock_fd, overwrite
+        self._fd, self._overwrite, self._made_parent = lock_fd, overwrite, made_parent
 
     def publish(self) -> Path:
         """Rename the staging folder to the run folder (replacing an old run under --overwrite).
@@ -119,6 +120,14 @@ class RunClaim:
             os.unlink(lock_path(self.final))
         os.close(self._fd)
         self._fd = -1
+        if self._made_parent is not None and not self.published:  # a claim that wrote nothing leaves no
+            d = self.final.parent                                    # empty folders it created either
+            with contextlib.suppress(OSError):
+                while True:
+                    os.rmdir(d)
+                    if d == self._made_parent:
+                        break
+                    d = d.parent
 
 
 def _lock(final: Path) -> int:
@@ -148,6 +157,11 @@ def _lock(final: Path) -> int:
 def claim(final: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> RunClaim:
     """Claim ``final`` exclusively (see ``claim_run``); the caller must ``release()`` the claim."""
     final = Path(final)
+    made_parent = None  # the topmost folder this claim creates
+    for d in [final.parent, *final.parent.parents]:
+        if d.exists():
+            break
+        made_parent = d
     final.parent.mkdir(parents=True, exist_ok=True)
     fd = _lock(final)
     try:
@@ -168,9 +182,9 @@ def claim(final: str | os.PathLike, *, overwrite: bool = False, resume: bool = F
         if stage.exists():  # left by a process killed before its first step; we hold the lock, so it is dead
             shutil.rmtree(stage)
         os.mkdir(stage)
-        return RunClaim(final, fd, stage, False, overwrite)
+        return RunClaim(final, fd, stage, False, overwrite, made_parent)
     except BaseException:
-        RunClaim(final, fd, final, True, overwrite).release()
+        RunClaim(final, fd, final, False, overwrite, made_parent).release()
         raise
 
 
