@@ -436,14 +436,61 @@ def _partial(folder: Path, name: str) -> Path:
 
 
 def _open_arrays(folder: Path, shapes: dict[str, tuple[tuple, str]], create: bool) -> dict[str, np.memmap]:
+    """The memory-mapped ``.partial`` arrays; ``create`` makes them with every block reserved on disk."""
+    if create:
+        _check_free_space(folder, shapes)
     arrays = {}
     for name, (shape, dtype) in shapes.items():
         path = _partial(folder, name)
         if create:
             arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            try:
+                _reserve(path)
+            except BaseException:
+                for p in folder.glob("*.npy.partial"):
+                    p.unlink()
+                raise
         else:
             arrays[name] = np.lib.format.open_memmap(path, mode="r+")
     return arrays
+
+
+def _check_free_space(folder: Path, shapes: dict[str, tuple[tuple, str]]) -> None:
+    """Refuse, in one sentence, an extraction whose arrays do not fit on the disk."""
+    import shutil
+
+    need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise FerlensError(f"The features need {need / 2**20:.1f} MiB in {folder} but only {free / 2**20:.1f} MiB "
+                           "are free; free some space (or point FERLENS_ARTIFACTS at a larger disk) and re-run.")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of a sparse memory-mapped file now: a write into an unbacked page of a
+    full disk kills the process with SIGBUS, a failed allocation here is one sentence instead."""
+    import errno
+
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            chunk = b"\0" * (1 << 20)  # file systems without fallocate: write the zeros (no mmap involved)
+            os.lseek(fd, 0, os.SEEK_SET)
+            for start in range(0, size, len(chunk)):
+                os.write(fd, chunk[: min(len(chunk), size - start)])
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            from train.errors import disk_full_sentence
+
+            raise FerlensError(disk_full_sentence(OSError(e.errno, e.strerror, str(path)))) from None
+        raise
+    finally:
+        os.close(fd)
 
 
 def _read_progress(folder: Path) -> dict[str, Any] | None:
@@ -474,9 +521,50 @@ def _is_reusable(folder: Path, fp: str, patch_tokens: bool, readouts: Sequence[s
         meta = json.loads(index.read_text())
     except (json.JSONDecodeError, OSError):
         return False
-    return (meta.get("complete") is True and meta.get("fingerprint") == fp
-            and (not patch_tokens or meta.get("patch_tokens", False))
-            and all(r in meta.get("readouts", []) for r in readouts))
+    if not isinstance(meta, dict):
+        return False
+    up_to_date = (meta.get("complete") is True and meta.get("fingerprint") == fp
+                  and (not patch_tokens or meta.get("patch_tokens", False))
+                  and all(r in meta.get("readouts", []) for r in readouts))
+    if not up_to_date:
+        return False
+    problem = damage(folder, meta)
+    if problem:
+        import sys
+
+        print(f"probe: the features in {folder} are damaged ({problem}); extracting them again.", file=sys.stderr)
+        return False
+    return True
+
+
+def _expected_files(meta: dict[str, Any]) -> list[str]:
+    """The array files a complete ``index.json`` promises (without the .npy suffix)."""
+    names = [r for r in meta.get("readouts", []) if r in READOUTS] + ["labels"]
+    if meta.get("stem"):
+        names.append("stem")
+    if meta.get("patch_tokens"):
+        names.append("patch_tokens")
+    return names
+
+
+def damage(folder: Path, meta: dict[str, Any]) -> str | None:
+    """Check a features folder against its ``index.json``: every promised array present, readable
+    and holding ``n`` rows, and the metadata files present. None when intact, else what is wrong."""
+    n = meta.get("n")
+    for name in _expected_files(meta):
+        path = folder / f"{name}.npy"
+        if not path.is_file():
+            return f"{path.name} is missing"
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)   # reads the header; a short file fails here
+        except (ValueError, OSError, EOFError) as e:
+            return f"{path.name} is truncated or unreadable ({type(e).__name__})"
+        if not arr.shape or (isinstance(n, int) and arr.shape[0] != n):
+            return f"{path.name} holds {arr.shape[0] if arr.shape else 0} rows, index.json says {n}"
+    for name in ("attrs.json", "sample_ids.json"):
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    return None
 
 
 def extract_to_disk(run: str | os.PathLike, spec: str | None = None, split: str = "test", *, batch_size: int = 64,
@@ -527,8 +615,18 @@ def extract_to_disk(run: str | os.PathLike, spec: str | None = None, split: str 
         fresh = force or prev != state or not all(_partial(folder, k).is_file() for k in shapes)
         if fresh:
             _clear(folder)
-            _open_arrays(folder, shapes, create=True)
-            atomic_write_json(folder / "progress.json", state)
+            try:
+                _open_arrays(folder, shapes, create=True)
+                atomic_write_json(folder / "progress.json", state)
+            except BaseException:  # nothing started: leave no empty folders (features/<slug>-<split>)
+                for p in folder.glob("*.npy.partial"):
+                    p.unlink()
+                for d in (folder, folder.parent):
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+                raise
     _barrier(world)
     arrays = _open_arrays(folder, shapes, create=False)
     mine = np.arange(rank, n, world)
@@ -626,6 +724,13 @@ def open_folder(folder: str | os.PathLike) -> FeatureSet:
     """A FeatureSet over a complete features folder (arrays memory-mapped read-only)."""
     folder = Path(folder)
     meta = read_json(folder / "index.json")
+    if not isinstance(meta, dict) or not meta.get("complete") or "layers" not in meta:
+        raise FerlensError(f"{folder / 'index.json'} does not describe a complete features folder; re-run "
+                           "'probe extract --run RUN --force' to extract them again.")
+    problem = damage(folder, meta)
+    if problem:
+        raise FerlensError(f"The features in {folder} are damaged ({problem}); re-run 'probe extract --run "
+                           f"{meta.get('run', 'RUN')} --force' to extract them again.")
 
     def npy(name: str):
         p = folder / f"{name}.npy"

@@ -29,7 +29,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise FerlensError(f"--batch-size {args.batch_size} must be at least 1.")
-    for name in [r for r in args.run.split(",") if r]:
+    from train.runs import resolve_run
+
+    names = [r for r in args.run.split(",") if r]
+    for name in names:   # every run is checked before anything is extracted
+        resolve_run(name)
+    for name in names:
         folder = extract_to_disk(name, args.data, args.split, batch_size=args.batch_size,
                                  patch_tokens=args.patch_tokens, force=args.force, device=args.device)
         if (folder / "index.json").is_file() and os.environ.get("RANK", "0") == "0":

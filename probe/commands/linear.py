@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     patch_tokens = args.patch_tokens or any(r.startswith("patch@") for r in readouts)
     if args.seeds < 1:
         raise FerlensError(f"--seeds {args.seeds} must be at least 1.")
-    for name in runs:
-        run_dir = resolve_run(name)
+    run_dirs = [resolve_run(name) for name in runs]   # every run is checked before anything is written
+    results = []
+    for run_dir in run_dirs:
         extract = dict(batch_size=args.batch_size, patch_tokens=patch_tokens)
         fs = ensure_features(run_dir, args.data, args.split, **extract)
         opts = dict(targets=args.targets, readouts=readouts, layers=args.layers, cv=args.cv, seeds=args.seeds,
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
             base = ensure_features(random_init_run(run_dir), args.data or fs.meta.get("data_spec"), args.split,
                                    **extract)
             rows = add_baseline(rows, sweep(featureset=base, run=run_dir.name, progress=False, **opts))
+        results.append((run_dir, rows))
+    for run_dir, rows in results:  # write only once every run's probes are done
         out = run_dir / "probes"
         old = read_json(out / "linear.json") if (out / "linear.json").is_file() else []
         merged = merge_rows(old if isinstance(old, list) else old.get("rows", []), rows)

@@ -23,11 +23,19 @@ def run(args: argparse.Namespace) -> int:
     from train.io import atomic_write_csv
     from train.runs import load_run
 
-    for name in [r for r in args.run.split(",") if r]:
+    from train.runs import resolve_run
+
+    names = [r for r in args.run.split(",") if r]
+    for name in names:   # every run is checked before anything is written
+        resolve_run(name)
+    measured = []
+    for name in names:
         model, config = load_run(name, map_location=args.device)
         spec = args.data or config["data"]["spec"]
         ds = load_dataset(spec, args.split, transform=make_eval_transform(config))
-        acc = measure(model, ds, batch_size=args.batch_size, max_samples=args.n, device=args.device)
+        measured.append((name, config, ds, measure(model, ds, batch_size=args.batch_size, max_samples=args.n,
+                                                   device=args.device)))
+    for name, config, ds, acc in measured:
         out = Path(config["run_dir"]) / "probes"
         norms, ent = acc.norm_rows(), acc.entropy_rows()
         atomic_write_csv(out / "norms.csv", norms, ["layer", "tokens", "mean_norm", "std_norm", "max_norm", "outlier_frac"])

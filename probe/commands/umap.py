@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from train.runs import resolve_run
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    for d in [resolve_run(r) for r in args.run.split(",") if r]:
+    results = []
+    for d in [resolve_run(r) for r in args.run.split(",") if r]:   # every run is checked first
         fs = ensure_features(d, args.data, args.split, batch_size=args.batch_size)
         n = min(fs.n, args.max_samples)
         colour, _ = fs.target(args.color)
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                                  "x": float(Y[i, 0]), "y": float(Y[i, 1]), "expression": expression[i],
                                  **{a: fs.attrs[a][i] for a in extra}})
         cols = ["sample_id", "layer", "tokens", "method", "x", "y", "expression"] + extra
+        results.append((d, n, rows, score_rows, cols))
+    for d, n, rows, score_rows, cols in results:  # write only once every run is embedded
         out = d / "probes"
         atomic_write_csv(out / "umap.csv", rows, cols)
         atomic_write_json(out / "umap_scores.json", score_rows)
