@@ -80,7 +80,7 @@ def _load(run_dir: Path, rel: str, reader: Callable, check: Callable[[Any], Any]
     if error is None and check is not None:
         try:
             data = check(data)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        except Exception as e:  # any schema problem is this run's problem only (the page goes on)
             data, error = None, (f"{path} does not follow the ferlens schema ({type(e).__name__}: {e}); "
                                  "re-run the command that wrote it.")
     return Artifact(run_dir.name, path, data if error is None else None, error)
@@ -95,18 +95,58 @@ def _require_columns(columns: list[str]) -> Callable[[pd.DataFrame], pd.DataFram
     return check
 
 
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    """``value`` when it is a ``kind`` (bools are not numbers), else TypeError naming ``where``."""
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)) or \
+            not isinstance(value, kind):
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise TypeError(f"{where} is {type(value).__name__} {json.dumps(value, default=str)[:40]}, not {names}")
+    return value
+
+
+_NUMBER = (int, float)
+
+
 def _check_config(cfg: Any) -> dict:
-    if not isinstance(cfg, dict):
-        raise TypeError("config.json is not an object")
-    cfg["model"]["name"]  # the keys every page relies on
-    int(cfg["num_classes"])
+    """Types of every config.json key the pages read (run_config in train/engine.py writes them)."""
+    _expect(cfg, dict, "config.json")
+    _expect(_expect(cfg.get("model"), dict, "model").get("name"), str, "model.name")
+    _expect(cfg.get("model", {}).get("kwargs", {}), dict, "model.kwargs")
+    _expect(cfg.get("num_classes"), int, "num_classes")
+    if "label_names" in cfg:
+        for name in _expect(cfg["label_names"], list, "label_names"):
+            _expect(name, str, "label_names[]")
+    if "data" in cfg:
+        data = _expect(cfg["data"], dict, "data")
+        _expect(data.get("spec", ""), str, "data.spec")
+        _expect(data.get("attr_kinds", {}), dict, "data.attr_kinds")
+    if "input" in cfg:
+        inp = _expect(cfg["input"], dict, "input")
+        _expect(inp.get("img_size"), int, "input.img_size")
+        for key in ("mean", "std"):
+            for v in _expect(inp.get(key), list, f"input.{key}"):
+                _expect(v, _NUMBER, f"input.{key}[]")
     return cfg
 
 
 def _check_metrics(m: Any) -> dict:
-    if not isinstance(m, dict):
-        raise TypeError("metrics.json is not an object")
-    float(m["accuracy"])
+    """Types of the metrics.json keys the pages read (train/metrics.py classification_report)."""
+    _expect(m, dict, "metrics.json")
+    _expect(m.get("accuracy"), _NUMBER, "accuracy")
+    for key in ("macro_f1", "balanced_accuracy", "ece", "best_val_acc", "train_seconds"):
+        if m.get(key) is not None:
+            _expect(m[key], _NUMBER, key)
+    if m.get("best_epoch") is not None:
+        _expect(m["best_epoch"], int, "best_epoch")
+    for name, pair in _expect(m.get("ci95", {}), dict, "ci95").items():
+        if len(_expect(pair, list, f"ci95.{name}")) != 2:
+            raise ValueError(f"ci95.{name} holds {len(pair)} values, not [lo, hi]")
+        for v in pair:
+            _expect(v, _NUMBER, f"ci95.{name}[]")
+    if m.get("confusion_matrix") is not None:
+        cm = _expect(m["confusion_matrix"], list, "confusion_matrix")
+        if np.asarray(cm, dtype=float).ndim != 2:
+            raise ValueError("confusion_matrix is not a matrix")
     return m
 
 
@@ -173,15 +213,15 @@ def load(run_dir: Path, name: str) -> Artifact:
 
 
 def run_label(run_dir: Path) -> str:
-    """Sidebar label: ``name · variant · dataset · acc 0.812`` (or a note when the run is unreadable)."""
+    """Sidebar label: ``name · variant · dataset · acc 0.812`` (or ``name · broken: <sentence>``)."""
     cfg = load(run_dir, "config")
     if not cfg.ok:
-        return f"{run_dir.name} · unreadable config"
+        return f"{run_dir.name} · broken: {cfg.error or 'config.json is missing'}"
     variant = str(cfg.data["model"]["name"]).removeprefix("ferlens_")
     spec = str((cfg.data.get("data") or {}).get("spec", "?"))
     dataset = spec.split(":")[0]
     metrics = load(run_dir, "metrics")
-    acc = f"acc {metrics.data['accuracy']:.3f}" if metrics.ok else "acc n/a"
+    acc = f"acc {metrics.data['accuracy']:.3f}" if metrics.ok else ("metrics broken" if metrics.error else "acc n/a")
     return f"{run_dir.name} · {variant} · {dataset} · {acc}"
 
 

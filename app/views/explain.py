@@ -24,8 +24,18 @@ def dataset_image_ui(spec: str, split: str) -> tuple[Image.Image, np.ndarray | N
     except FerlensError as e:
         st.error(str(e))
         return None
-    index = st.slider(f"Image index ({spec}, {split})", 0, len(ds) - 1, 0, key="ex_index")
-    image = ds.load_image(index)
+    index = (st.slider(f"Image index ({spec}, {split})", 0, len(ds) - 1, 0, key="ex_index") if len(ds) > 1
+             else 0)  # a slider needs two positions
+    try:
+        image = ds.load_image(index)
+    except FerlensError as e:  # a truncated/corrupt file: this image only, pick another
+        st.error(f"{e} Pick another image index.")
+        return None
+    except (OSError, ValueError, SyntaxError) as e:
+        path = ds.image_path(index) if hasattr(ds, "image_path") else ds.sample_ids[index]
+        st.error(f"Image {path} cannot be decoded ({type(e).__name__}); pick another image index, or run "
+                 f"'train data check {spec}' to list every bad file.")
+        return None
     truth = ds.label_names[int(ds.labels[index])]
     caption = f"{ds.sample_ids[index]} · true: {truth}"
     mask = ds.part_mask(index) if hasattr(ds, "part_mask") else None
