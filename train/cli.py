@@ -16,6 +16,8 @@ DEBUG_ENV = "FERLENS_DEBUG"   # =1: print tracebacks (FerlensError) and re-raise
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("train.commands.fit", "train a model and write artifacts/runs/<run>"),
     "eval": ("train.commands.evaluate", "evaluate a run on a data split (metrics.json)"),
+    "import": ("train.commands.import_run", "a model trained elsewhere (timm name or MODULE:FUNCTION + checkpoint) "
+                                            "as a run folder"),
     "sweep": ("train.commands.sweep", "grid x seeds of fits with a mean ± 95%% CI summary"),
     "profile": ("train.commands.profile", "params, MACs/FLOPs, throughput and memory of models"),
     "data": ("train.commands.data", "SynthFER generation, dataset info and checks"),

@@ -30,6 +30,8 @@ class TrainConfig:
     data: str = "synthfer:size=64,n=2000"       # dataset spec (DESIGN.md "Datasets")
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # depth, embed_dim, ... for create_model
     img_size: int = 0                           # input side in px; 0 = the model's default input size
+    hook_map: dict[str, str] = field(default_factory=dict)  # hook name -> module path for models ferlens does not
+                                                # know (--hook-map blocks=layers tokens=embed stem.stage3=cnn.layer3)
     # --- optimisation (AdamW)
     epochs: int = 10
     batch_size: int = 64

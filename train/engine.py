@@ -58,10 +58,11 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # ============================================================================ run folder
 def default_run_name(cfg: TrainConfig) -> str:
-    """``<model>-<dataslug>-s<seed>``, e.g. ``ferlens_tiny_vit_s3-synthfer-n2000-size64-s0``."""
+    """``<model>-<dataslug>-s<seed>``, e.g. ``ferlens_tiny_vit_s3-synthfer-n2000-size64-s0``
+    (``my_code.models:ir50_vit`` reads ``my_code.models-ir50_vit``)."""
     from .data import parse_spec
 
-    return f"{cfg.model}-{parse_spec(cfg.data).slug}-s{cfg.seed}"
+    return f"{cfg.model.replace(':', '-')}-{parse_spec(cfg.data).slug}-s{cfg.seed}"
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -142,23 +143,29 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 # ============================================================================ model
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """The kwargs ``create_model`` gets (saved as config.json ``model.kwargs``)."""
-    from .models import VARIANTS
+    from .models import takes_img_size
 
     kwargs = dict(cfg.model_kwargs)
     if cfg.drop_path:
         kwargs["drop_path_rate"] = cfg.drop_path
     if cfg.attn_drop:
         kwargs["attn_drop_rate"] = cfg.attn_drop
-    if cfg.img_size and cfg.model in VARIANTS:  # hybrids derive their token grid from img_size
+    if cfg.img_size and takes_img_size(cfg.model):  # ferlens hybrids, timm ViT/DeiT/CaiT/hybrids: the token grid
         kwargs["img_size"] = cfg.img_size
     return kwargs
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """Create the model, load backbone weights and freeze parts as the config says."""
-    from .models import create_model
+    from .models import create_model, set_input_config
 
     model = create_model(cfg.model, num_classes=num_classes, **model_kwargs(cfg))
+    if cfg.img_size:
+        set_input_config(model, cfg.img_size)
+    if cfg.hook_map:
+        from .models.external import check_hook_map
+
+        model.ferlens_hook_map = check_hook_map(model, cfg.hook_map)
     if cfg.backbone_weights:
         from .models import load_backbone_weights
 
@@ -689,7 +696,9 @@ def load_checkpoint(run_dir: Path, t: Trainer) -> None:
 
 def run_config(cfg: TrainConfig, model: nn.Module, train_ds) -> dict[str, Any]:
     """config.json content (docs/contracts.md "Run folders")."""
-    return {"model": {"name": cfg.model, "kwargs": model_kwargs(cfg)},
+    from .models.external import model_entry
+
+    return {"model": model_entry(cfg.model, model_kwargs(cfg), cfg.hook_map),
             "num_classes": int(train_ds.num_classes), "label_names": list(train_ds.label_names),
             "data": {"spec": cfg.data, "attr_kinds": dict(getattr(train_ds, "attr_kinds", {}))},
             "input": input_config(model, cfg), "train": cfg.to_dict(), "seed": cfg.seed}

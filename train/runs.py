@@ -2,7 +2,9 @@
 
 config.json schema (keys other parts rely on)::
 
-    {"model": {"name": "ferlens_tiny_vit_s3", "kwargs": {...}},   # kwargs passed to create_model
+    {"model": {"name": "ferlens_tiny_vit_s3", "kwargs": {...},   # kwargs passed to create_model; a name may be
+               "hook_map": {"blocks": "layers", ...},          #   MODULE:FUNCTION ("source": its file); optional
+               "source": "/path/to/module.py"},                #   hook map for models ferlens does not know
      "num_classes": 7, "label_names": [...],
      "data": {"spec": "synthfer:size=64,n=2000", "attr_kinds": {"identity": "categorical", ...}},
      "input": {"img_size": 64, "mean": [...], "std": [...]},
@@ -268,7 +270,19 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     except (KeyError, TypeError):
         raise FerlensError("The run config lacks model.name or num_classes; re-create the run with 'train fit'.") from None
     kwargs.pop("num_classes", None)
-    return create_model(name, num_classes=num_classes, **kwargs)
+    from .models.external import check_hook_map, is_external, load_factory
+
+    if is_external(name):  # import it first so a missing module names the file the run was made from
+        load_factory(name, source=config["model"].get("source"))
+    model = create_model(name, num_classes=num_classes, **kwargs)
+    if config.get("input", {}).get("img_size"):
+        from .models import set_input_config
+
+        inp = config["input"]
+        set_input_config(model, inp["img_size"], inp.get("mean"), inp.get("std"))
+    if config["model"].get("hook_map"):  # read by the model adapter (train.models.adapters)
+        model.ferlens_hook_map = check_hook_map(model, config["model"]["hook_map"])
+    return model
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -15,7 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"Keys: {keys}. Under torchrun the same command trains with DDP.")
     parser.add_argument("-c", "--config", default=None,
                         help="YAML config file or a preset name from train/configs (e.g. demo)")
-    parser.epilog = "Examples: train fit -c demo --model ferlens_tiny_cataftermlp_s3;  train fit --resume RUN"
+    parser.add_argument("--hook-map", "--hook_map", dest="hook_map", nargs="+", action="extend", default=[],
+                        metavar="NAME=MODULE_PATH",
+                        help="hook points of a model ferlens does not know (--model MODULE:FUNCTION), e.g. "
+                             "blocks=layers tokens=embed stem.stage3=cnn.layer3")
+    parser.epilog = ("Examples: train fit -c demo --model ferlens_tiny_cataftermlp_s3;  train fit --resume RUN;  "
+                     "train fit --model my_code.models:ir50_vit --hook-map blocks=layers (your own code, "
+                     "imported from the working directory / PYTHONPATH)")
     accept_overrides(parser)
 
 
@@ -38,7 +44,14 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import fit
     from ..io import read_json
 
-    cfg: TrainConfig = resolve_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.hook_map:
+        import json
+
+        from ..models.external import parse_hook_map
+
+        overrides += ["--hook_map", json.dumps(parse_hook_map(args.hook_map))]
+    cfg: TrainConfig = resolve_config(args.config, overrides)
     run_dir = fit(cfg)
     if (run_dir / "metrics.json").is_file():
         m = read_json(run_dir / "metrics.json")

@@ -9,8 +9,8 @@ from .blocks import BLOCK_TYPES, CLASS_ATTENTION, BlockArgs, ClassAttnBlock
 from .hooks import HookPoint
 from .hybrid import READOUTS, HybridFER
 from .ir import IR_SPECS, BottleneckIR, IRBackbone, LoadReport, TimmBackbone, load_backbone_weights, read_state_dict
-from .registry import VARIANTS, create_model, list_models
+from .registry import VARIANTS, create_model, list_models, set_input_config, takes_img_size
 
 __all__ = ["BLOCK_TYPES", "CLASS_ATTENTION", "BlockArgs", "ClassAttnBlock", "HookPoint", "READOUTS", "HybridFER",
            "IR_SPECS", "BottleneckIR", "IRBackbone", "LoadReport", "TimmBackbone", "load_backbone_weights",
-           "read_state_dict", "VARIANTS", "create_model", "list_models"]
+           "read_state_dict", "VARIANTS", "create_model", "list_models", "set_input_config", "takes_img_size"]

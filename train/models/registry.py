@@ -88,21 +88,68 @@ def list_models(pattern: str = "ferlens_*") -> list[str]:
     return sorted(n for n in VARIANTS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, num_classes: int = 7, pretrained: bool = False, **kwargs: Any):
-    """Create a ferlens hybrid (or any timm model) by registry name; ``kwargs`` override the variant.
+def takes_img_size(name: str) -> bool:
+    """Whether ``create_model(name, img_size=...)`` is how this model learns its input side.
+
+    ferlens variants derive their token grid from ``img_size``; a ``MODULE:FUNCTION`` when the function has an
+    ``img_size`` parameter; a timm model when its pretrained config says ``fixed_input_size`` (timm's own flag
+    for ViT, DeiT, CaiT, the ResNetV2-ViT hybrids ...; CNNs take any size and no ``img_size``).
+    """
+    from .external import accepts, is_external, load_factory
+
+    if name in VARIANTS:
+        return True
+    if is_external(name):
+        return accepts(load_factory(name), "img_size")
+    from timm.models import get_pretrained_cfg, is_model
+
+    cfg = get_pretrained_cfg(name) if is_model(name) else None
+    return bool(cfg is not None and cfg.fixed_input_size)
+
+
+def set_input_config(model, img_size: int, mean=None, std=None) -> None:
+    """Make the model's timm ``pretrained_cfg`` (and its ``default_cfg`` alias) describe the run's input,
+    so ``timm.data.resolve_data_config(model=model)`` and every consumer read the size it was built for.
 
     Args:
-        name: e.g. ``ferlens_tiny_cataftermlp_s3`` or ``ferlens_ir50_vit_s4_d8``.
+        model: any nn.Module (models without a ``pretrained_cfg`` get one).
+        img_size: input side in pixels.
+        mean, std: normalisation (kept from the model's config when None).
+    """
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg["input_size"] = (3, int(img_size), int(img_size))
+    if mean is not None:
+        cfg["mean"] = tuple(float(m) for m in mean)
+    if std is not None:
+        cfg["std"] = tuple(float(s) for s in std)
+    model.pretrained_cfg = model.default_cfg = cfg
+
+
+def create_model(name: str, num_classes: int = 7, pretrained: bool = False, **kwargs: Any):
+    """Create a ferlens hybrid, any timm model or a ``MODULE:FUNCTION`` model; ``kwargs`` override the variant.
+
+    Args:
+        name: e.g. ``ferlens_tiny_cataftermlp_s3``, ``ferlens_ir50_vit_s4_d8``, ``deit_tiny_patch16_224`` or
+            ``my_code.models:ir50_vit`` (imported from the working directory / PYTHONPATH).
         num_classes: classifier outputs.
-        pretrained: must be False for ferlens variants (no hosted weights).
-        **kwargs: HybridFER options (``depth=2``, ``img_size=96``, ``drop_path=0.1`` ...).
+        pretrained: must be False for ferlens variants (no hosted weights) and external models.
+        **kwargs: model options (``depth=2``, ``img_size=96``, ``drop_path=0.1`` ...).
     """
     import timm
 
+    from .external import create_external, is_external
+
+    if is_external(name):
+        if pretrained:
+            raise FerlensError(f"pretrained=True has no meaning for the external model '{name}'; load its "
+                               "checkpoint with 'train import --weights PATH'.")
+        return create_external(name, num_classes=num_classes, **kwargs)
     if name not in VARIANTS and not timm.is_model(name):
-        raise FerlensError(f"Unknown model '{name}'; see train.models.list_models() for the ferlens variants."
+        raise FerlensError(f"Unknown model '{name}'; see train.models.list_models() for the ferlens variants, "
+                           "or name your own code as MODULE:FUNCTION."
                            + (close_matches(name, VARIANTS) or close_matches(name, timm.list_models())))
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as e:  # option a plain timm model does not take
-        raise FerlensError(f"Model '{name}' does not accept these options ({e}); remove them.") from None
+        hint = " (--img_size: this model has a fixed input size it cannot change)" if "img_size" in str(e) else ""
+        raise FerlensError(f"Model '{name}' does not accept these options ({e}){hint}; remove them.") from None

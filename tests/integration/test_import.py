@@ -1,0 +1,216 @@
+"""`train import` and `train fit --model MODULE:FUNCTION`: an external IR-50-style + timm-Block hybrid (the fixture
+module tests/fixtures/ext_irvit.py, imported through PYTHONPATH) saved the way DataParallel training scripts save it,
+timm DeiT / CaiT at 64 px, and `--img_size` reaching timm models. Every imported run must give the original logits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from train.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+DATA = "synthfer:size=64,n=70"
+HOOKS = ["--hook-map", "blocks=layers", "tokens=embed", "stem.stage3=cnn.layer3"]
+INPUT = ["--img_size", "64", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+
+
+@pytest.fixture
+def on_path(monkeypatch):
+    """The fixture module importable in this process (what PYTHONPATH does for the CLI)."""
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    import ext_irvit
+
+    return ext_irvit
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(FIXTURES), env.get("PYTHONPATH", "")])
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
+
+
+def _original(ext_irvit, seed: int = 1):
+    """The external model as its own code leaves it: trained weights and BatchNorm statistics (here random)."""
+    torch.manual_seed(seed)
+    model = ext_irvit.ir_vit()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _save_dataparallel(model, path: Path) -> Path:
+    """What `torch.save({'state_dict': nn.DataParallel(model).state_dict(), ...})` training scripts write."""
+    torch.save({"epoch": 30, "best_acc": 0.91, "state_dict": nn.DataParallel(model).state_dict(),
+                "optimizer": {"lr": 3.5e-5}}, path)
+    return path
+
+
+def _max_diff(a: nn.Module, b: nn.Module, size: int = 64) -> float:
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        return float((a.eval()(x) - b.eval()(x)).abs().max())
+
+
+@pytest.mark.slow
+def test_external_checkpoint_through_the_cli(tmp_path, on_path):
+    """A subprocess, as a user runs it: the module comes from PYTHONPATH, the run folder rebuilds the same logits."""
+    from train.runs import load_run
+
+    original = _original(on_path)
+    ckpt = _save_dataparallel(original, tmp_path / "best.pth")
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "train", "import", "--model", "ext_irvit:ir_vit", "--weights", str(ckpt), *HOOKS,
+           "--data", DATA, "--run_name", "ext_irvit", *INPUT, "--eval", "--bootstrap", "50", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "unwrapped state_dict, module." in proc.stdout and "max |difference| 0.0e+00" in proc.stdout
+    run = out / "ext_irvit"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["name"] == "ext_irvit:ir_vit" and cfg["model"]["kwargs"] == {"img_size": 64}
+    assert cfg["model"]["hook_map"] == {"blocks": "layers", "tokens": "embed", "stem.stage3": "cnn.layer3"}
+    assert cfg["model"]["source"] == str(FIXTURES / "ext_irvit.py")
+    assert cfg["input"] == {"img_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert cfg["label_names"][:2] == ["neutral", "happiness"] and cfg["num_classes"] == 7
+    assert cfg["import"]["unwrapped"] == ["state_dict", "module."] and len(cfg["import"]["sha256"]) == 64
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] == sum(map(sum, metrics["confusion_matrix"]))
+    model, config = load_run(run)
+    assert _max_diff(model, original) <= 1e-5
+    assert model.ferlens_hook_map == cfg["model"]["hook_map"]
+    assert model.pretrained_cfg["input_size"] == (3, 64, 64)
+    assert not list(out.glob(".*"))                     # no staging folder left
+
+
+def test_key_map_renames_and_mismatch_is_one_sentence(tmp_path, on_path, capsys):
+    from train.runs import load_run
+
+    original = _original(on_path)
+    state = {k.replace("cnn.", "backbone.", 1): v for k, v in original.state_dict().items()}
+    ckpt = tmp_path / "renamed.pth"
+    torch.save({"model": state}, ckpt)
+    base = ["import", "--model", "ext_irvit:ir_vit", "--weights", str(ckpt), "--data", DATA, *INPUT]
+    assert main(base + ["--run_name", "bad"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith(".")
+    assert "missing (cnn.input_layer.0.weight" in err and "unexpected (backbone.input_layer.0.weight" in err
+    assert "--key-map '^backbone\\.=cnn.'" in err
+    assert not (Path(os.environ["FERLENS_ARTIFACTS"]) / "runs" / "bad").exists()
+    assert main(base + ["--run_name", "good", "--key-map", r"^backbone\.=cnn."]) == 0
+    model, cfg = load_run("good")
+    assert cfg["import"]["key_map"] == [r"^backbone\.=cnn."] and cfg["import"]["unwrapped"] == ["model"]
+    assert _max_diff(model, original) <= 1e-5
+
+
+class Evil:
+    """Unpickling this would create ``marker`` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path, on_path, capsys):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": _original(on_path).state_dict(), "hook": Evil(marker)}, tmp_path / "evil.pth")
+    assert main(["import", "--model", "ext_irvit:ir_vit", "--weights", str(tmp_path / "evil.pth"), "--data", DATA,
+                 "--run_name", "evil", *INPUT]) == 2
+    err = capsys.readouterr().err
+    assert "pickled global io.open" in err and "weights_only=True" in err
+    assert not marker.exists() and not (Path(os.environ["FERLENS_ARTIFACTS"]) / "runs" / "evil").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--model", "no_such_module:build"], "Cannot import module 'no_such_module'"),
+    (["--model", "ext_irvit:no_such_fn"], "has no 'no_such_fn'"),
+    (["--model", "ext_irvit:tuple_model"], "returns a tuple, not a logits tensor"),
+    (["--model", "ext_irvit:ir_vit", "--model_kwargs.width", "3"], "cannot be called with"),
+    (["--model", "ext_irvit:ir_vit", "--hook-map", "blocks=layerz"], "names no module of IRViT"),
+    (["--model", "ext_irvit:ir_vit", "--lr", "3"], "Unknown option '--lr'"),
+])
+def test_bad_inputs_one_sentence(argv, fragment, on_path, capsys):
+    assert main(["import", *argv, "--data", DATA, "--run_name", "x", *INPUT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and err.count("\n") == 0, err
+    if "no_such_module" in argv[1]:
+        assert "PYTHONPATH" in err and os.getcwd() in err
+
+
+def test_external_model_needs_its_input_stats(on_path, capsys):
+    assert main(["import", "--model", "ext_irvit:ir_vit", "--data", DATA, "--run_name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "does not say its input mean, std" in err and "--mean" in err
+
+
+@pytest.mark.parametrize("name, kwargs, fmt, prefix", [
+    ("deit_tiny_distilled_patch16_224", {"depth": 1}, "pth", 2),           # DeiT checkpoints: {"model": state}
+    ("cait_xxs24_224", {"depth": 1, "depth_token_only": 1}, "safetensors", 1),
+])
+def test_timm_deit_and_cait_import_at_64px(tmp_path, name, kwargs, fmt, prefix):
+    import timm
+    from safetensors.torch import save_file
+
+    from train.runs import load_run
+
+    torch.manual_seed(3)
+    original = timm.create_model(name, img_size=64, num_classes=7, **kwargs).eval()
+    path = tmp_path / f"w.{fmt}"
+    if fmt == "pth":
+        torch.save({"model": original.state_dict(), "epoch": 299}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in original.state_dict().items()}, path)
+    kw = [t for k, v in kwargs.items() for t in (f"--model_kwargs.{k}", str(v))]
+    assert main(["import", "--model", name, *kw, "--weights", str(path), "--img_size", "64", "--data", DATA,
+                 "--run_name", name]) == 0
+    model, cfg = load_run(name)
+    assert _max_diff(model, original) <= 1e-5
+    assert cfg["model"]["kwargs"] == {**kwargs, "img_size": 64}
+    assert cfg["input"]["img_size"] == 64 and cfg["input"]["mean"] == [float(m) for m in original.pretrained_cfg["mean"]]
+    assert model.pretrained_cfg["input_size"] == (3, 64, 64) and model.num_prefix_tokens == prefix
+
+
+FIT = ["--data", "synthfer:size=32,n=70", "--img_size", "32", "--epochs", "1", "--batch_size", "16",
+       "--eval_batch_size", "64", "--bootstrap", "20", "--warmup_epochs", "0", "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_fit_external_module_function(tmp_path, on_path):
+    """`train fit --model ext_irvit:ir_vit` from a subprocess (PYTHONPATH), one tiny epoch; load_run rebuilds it."""
+    from train.runs import load_run
+
+    cmd = [sys.executable, "-m", "train", "fit", "--model", "ext_irvit:ir_vit", "--model_kwargs.depth", "1", *FIT,
+           "--hook-map", "blocks=layers", "tokens=embed", "--run_name", "extfit", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads((tmp_path / "extfit" / "config.json").read_text())
+    assert cfg["model"]["name"] == "ext_irvit:ir_vit"
+    assert cfg["model"]["kwargs"] == {"depth": 1, "img_size": 32}          # --img_size reached the factory
+    assert cfg["model"]["hook_map"] == {"blocks": "layers", "tokens": "embed"}
+    assert cfg["input"]["img_size"] == 32
+    model, _ = load_run(tmp_path / "extfit")
+    assert len(model.layers) == 1 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+
+
+@pytest.mark.slow
+def test_fit_timm_vit_with_img_size_only(tmp_path):
+    """`--img_size 64` alone reaches a timm ViT (before: an assertion traceback unless --model_kwargs.img_size)."""
+    from train.runs import load_run
+
+    assert main(["fit", "--model", "vit_tiny_patch16_224", "--model_kwargs.depth", "1", *FIT,
+                 "--run_name", "vit", "--out", str(tmp_path)]) == 0
+    model, cfg = load_run(tmp_path / "vit")
+    assert cfg["model"]["kwargs"] == {"depth": 1, "img_size": 32} and cfg["input"]["img_size"] == 32
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.patch_embed.grid_size == (2, 2)
