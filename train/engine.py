@@ -163,9 +163,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.img_size:
         set_input_config(model, cfg.img_size)
     if cfg.hook_map:
-        from .models.external import check_hook_map
+        from .models.external import set_hook_map
 
-        model.ferlens_hook_map = check_hook_map(model, cfg.hook_map)
+        set_hook_map(model, cfg.hook_map)
     if cfg.backbone_weights:
         from .models import load_backbone_weights
 

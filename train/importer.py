@@ -7,14 +7,13 @@
 
 The model is built (ferlens variant, timm name or ``MODULE:FUNCTION``), the checkpoint is read safely
 (``train.checkpoint``) and loaded strictly, and the folder (config.json + model.safetensors, optionally
-metrics.json) is assembled in a hidden sibling folder and renamed into place only once ``train.load_run``
-has been shown to rebuild the same logits from it — a failed import leaves nothing behind.
+metrics.json) is assembled in the claimed staging folder (``train.runs.claim_run``) and renamed into place
+only once ``train.load_run`` has been shown to rebuild the same logits from it — a failed import leaves nothing.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ class ImportResult:
     n_tensors: int
     max_abs_diff: float                          # imported model vs load_run of the written folder
     metrics: dict[str, Any] | None = None
+    probe_note: str | None = None                # why probe commands cannot read the tokens (no hook map)
 
 
 def run_dir_for(opts: ImportOptions) -> Path:
@@ -161,54 +161,51 @@ def import_run(opts: ImportOptions, evaluate: bool = False, eval_batch_size: int
         eval_batch_size, workers, bootstrap: ``train eval``'s options.
     """
     from .data import load_dataset
-    from .models.external import check_hook_map, model_entry
     from .models import set_input_config
-    from .runs import load_run, save_run
+    from .models.external import model_entry, set_hook_map
+    from .runs import claim_run, load_run, save_run
 
     run_dir = run_dir_for(opts)
     if run_dir.exists() and any(run_dir.iterdir()) and not opts.overwrite:
         raise FerlensError(f"The run folder {run_dir} already exists; pass --overwrite to replace it or "
                            "--run_name NAME for a new one.")
-    if opts.overwrite and run_dir.exists() and not (run_dir / "config.json").is_file():
-        raise FerlensError(f"--overwrite refuses to replace {run_dir}: it holds no config.json, so it is not a "
-                           "ferlens run folder; pick another --run_name.")
-    ds = load_dataset(opts.data, "test")
-    label_names = list(ds.label_names)
-    model, kwargs = build(opts, len(label_names))
-    inp = input_config(model, opts)
-    set_input_config(model, inp["img_size"], inp["mean"], inp["std"])
-    hook_map = check_hook_map(model, opts.hook_map)
-    if hook_map:
-        model.ferlens_hook_map = hook_map
-    n_tensors, unwrapped, digest = load_weights(model, opts)
-    x = probe_batch(inp["img_size"], opts.seed)
-    before = logits_of(model, x, len(label_names), opts.model)
-    config = {"model": model_entry(opts.model, kwargs, hook_map), "num_classes": len(label_names),
-              "label_names": label_names,
-              "data": {"spec": opts.data, "attr_kinds": dict(getattr(ds, "attr_kinds", {}))},
-              "input": inp, "seed": opts.seed,
-              "import": {"weights": os.path.abspath(opts.weights) if opts.weights else None, "sha256": digest,
-                         "unwrapped": unwrapped, "key_map": list(opts.key_map), "tensors": n_tensors}}
-    staging = run_dir.parent / f".{run_dir.name}.import-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        save_run(staging, model, config)
-        rebuilt, config = load_run(staging)
+    with claim_run(run_dir, overwrite=opts.overwrite) as claim:   # staged in .<name>.partial, renamed at the end
+        ds = load_dataset(opts.data, "test")
+        label_names = list(ds.label_names)
+        model, kwargs = build(opts, len(label_names))
+        inp = input_config(model, opts)
+        set_input_config(model, inp["img_size"], inp["mean"], inp["std"])
+        hook_map = set_hook_map(model, opts.hook_map)
+        n_tensors, unwrapped, digest = load_weights(model, opts)
+        x = probe_batch(inp["img_size"], opts.seed)
+        before = logits_of(model, x, len(label_names), opts.model)
+        config = {"model": model_entry(opts.model, kwargs, hook_map), "num_classes": len(label_names),
+                  "label_names": label_names,
+                  "data": {"spec": opts.data, "attr_kinds": dict(getattr(ds, "attr_kinds", {}))},
+                  "input": inp, "seed": opts.seed,
+                  "import": {"weights": os.path.abspath(opts.weights) if opts.weights else None, "sha256": digest,
+                             "unwrapped": unwrapped, "key_map": list(opts.key_map), "tensors": n_tensors}}
+        save_run(claim.path, model, config)
+        rebuilt, config = load_run(claim.path)
         diff = float((logits_of(rebuilt, x, len(label_names), opts.model) - before).abs().max())
         if diff > VERIFY_TOL:
             raise FerlensError(f"The run folder does not rebuild {opts.model} (max logit difference {diff:.2e}): "
                                "the model holds state outside its state_dict (random non-persistent buffers?); "
                                "make that state a persistent buffer or a parameter.")
-        metrics = None
-        if evaluate:
-            metrics = _evaluate(staging, eval_batch_size, workers, bootstrap)
-        if opts.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        os.replace(staging, run_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        metrics = _evaluate(claim.path, eval_batch_size, workers, bootstrap) if evaluate else None
     config["run_dir"] = str(run_dir)
-    return ImportResult(run_dir, config, n_tensors, diff, metrics)
+    return ImportResult(run_dir, config, n_tensors, diff, metrics, probe_note(rebuilt))
+
+
+def probe_note(model) -> str | None:
+    """Why ``probe`` commands cannot read this model's tokens yet (None when the adapter knows them)."""
+    from .models.adapters import model_spec
+
+    try:
+        model_spec(model)
+    except FerlensError as e:
+        return str(e)
+    return None
 
 
 def _evaluate(run_dir: Path, batch_size: int, workers: int, bootstrap: int) -> dict[str, Any]:

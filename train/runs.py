@@ -270,7 +270,7 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     except (KeyError, TypeError):
         raise FerlensError("The run config lacks model.name or num_classes; re-create the run with 'train fit'.") from None
     kwargs.pop("num_classes", None)
-    from .models.external import check_hook_map, is_external, load_factory
+    from .models.external import is_external, load_factory, set_hook_map
 
     if is_external(name):  # import it first so a missing module names the file the run was made from
         load_factory(name, source=config["model"].get("source"))
@@ -280,8 +280,7 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
 
         inp = config["input"]
         set_input_config(model, inp["img_size"], inp.get("mean"), inp.get("std"))
-    if config["model"].get("hook_map"):  # read by the model adapter (train.models.adapters)
-        model.ferlens_hook_map = check_hook_map(model, config["model"]["hook_map"])
+    set_hook_map(model, config["model"].get("hook_map"))  # read by the model adapter (train.models.adapters)
     return model
 
 

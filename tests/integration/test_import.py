@@ -90,7 +90,7 @@ def test_external_checkpoint_through_the_cli(tmp_path, on_path):
     assert _max_diff(model, original) <= 1e-5
     assert model.ferlens_hook_map == cfg["model"]["hook_map"]
     assert model.pretrained_cfg["input_size"] == (3, 64, 64)
-    assert not list(out.glob(".*"))                     # no staging folder left
+    assert not list(out.glob(".*"))                     # no staging folder or lock left
 
 
 def test_key_map_renames_and_mismatch_is_one_sentence(tmp_path, on_path, capsys):
@@ -138,7 +138,7 @@ def test_malicious_checkpoint_is_refused(tmp_path, on_path, capsys):
     (["--model", "ext_irvit:no_such_fn"], "has no 'no_such_fn'"),
     (["--model", "ext_irvit:tuple_model"], "returns a tuple, not a logits tensor"),
     (["--model", "ext_irvit:ir_vit", "--model_kwargs.width", "3"], "cannot be called with"),
-    (["--model", "ext_irvit:ir_vit", "--hook-map", "blocks=layerz"], "names no module of IRViT"),
+    (["--model", "ext_irvit:ir_vit", "--hook-map", "blocks=layerz"], "is not a module of IRViT"),
     (["--model", "ext_irvit:ir_vit", "--lr", "3"], "Unknown option '--lr'"),
 ])
 def test_bad_inputs_one_sentence(argv, fragment, on_path, capsys):

@@ -150,18 +150,18 @@ def parse_hook_map(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def check_hook_map(model, hook_map: dict[str, str]) -> dict[str, str]:
-    """Return ``hook_map`` after checking that every module path exists in ``model``.
+def set_hook_map(model, hook_map: dict[str, str] | None) -> dict[str, str]:
+    """Set ``model.ferlens_hook_map`` (what ``train.models.adapters.model_spec`` reads) and check it there, so a
+    module path the model does not have fails now, in one sentence, not in a later ``probe`` command.
 
     Args:
         model: the built model.
         hook_map: hook name (``blocks``, ``tokens``, ``stem.stage3`` ...) -> module path in ``model``.
     """
-    modules = dict(model.named_modules())
-    for name, path in hook_map.items():
-        if path not in modules:
-            tops = [n for n in modules if n and "." not in n]
-            raise FerlensError(f"The hook map entry {name}={path} names no module of {type(model).__name__}; "
-                               f"pick a module path such as {', '.join(tops[:6])} (model.named_modules() lists all)."
-                               + close_matches(path, [n for n in modules if n]))
+    if not hook_map:
+        return {}
+    from .adapters import model_spec
+
+    model.ferlens_hook_map = dict(hook_map)
+    model_spec(model)
     return dict(hook_map)
