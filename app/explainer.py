@@ -97,11 +97,20 @@ def attribution(_model, _x, run_key: str, img_key: str, method: str, target: int
         return probe.explain(_model, _x, method=method, target=target, **options)[0].numpy()  # (H, W)
 
 
-def attention_layers(model) -> list[int]:
-    """Blocks whose attention still sees patch tokens (all of them except clsonly's later blocks)."""
-    if getattr(model, "block_type", "") == "clsonly":
-        return [0]
-    return list(range(len(model.blocks)))
+def attention_layers(model) -> list[str]:
+    """Blocks whose CLS query still attends over patch tokens (model spec: every vit / class-attention block,
+    clsonly's block 0, CaiT's class-attention blocks)."""
+    from train.models.adapters import model_spec
+
+    spec = model_spec(model)
+    return [spec.block_of(n) for n in spec.cls_attention_layers()]
+
+
+def attention_heads(model) -> int:
+    """Number of attention heads (1 when the model names none)."""
+    from train.models.adapters import model_spec
+
+    return int(model_spec(model).num_heads or 1)
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:

@@ -312,7 +312,8 @@ def _warm(runs: list[Path]) -> None:
         try:
             model, config, _ = model_for(run)
             dataset_for(str(config["data"]["spec"]), "test")
-            x = torch.zeros(1, 3, *model.pretrained_cfg["input_size"][-2:])  # (1, 3, H, W)
+            size = int(config["input"]["img_size"])
+            x = torch.zeros(1, 3, size, size)  # (1, 3, H, W): the run's own input size
             for method in ("rollout", "gradcam", "ig"):  # first calls build hooks and load lazy modules
                 with COMPUTE_LOCK:
                     probe.explain(model, x, method=method, target=0, **({"n_steps": 2} if method == "ig" else {}))

@@ -46,7 +46,7 @@ def main(model_name: str = "ferlens_tiny_vit_s3", batch: int = 16, img: int = 64
     x = torch.randn(batch, 3, img, img)
     layer_name = default_cam_layer(model)
     layer = model.get_submodule(layer_name)
-    reshape = token_reshape(model.grid_size, model.num_prefix_tokens)
+    reshape = token_reshape(model, layer_name)
 
     def forward():
         with torch.no_grad():

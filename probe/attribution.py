@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.errors import FerlensError, close_matches
+from train.models.adapters import model_spec, token_grid
 
 from . import rollout as _rollout
 
@@ -36,77 +37,50 @@ Target = int | Sequence[int] | Tensor | str | None
 
 
 # ------------------------------------------------------------------------------ model geometry
-def model_input_size(model: nn.Module) -> tuple[int, int] | None:
-    """(H, W) the model was built for, read from its ``pretrained_cfg`` (None when unknown)."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    return (int(size[-2]), int(size[-1])) if size else None
-
-
-def hook_names(model: nn.Module) -> list[str]:
-    """The model's hook point names (empty for a model without ferlens hook points)."""
-    fn = getattr(model, "hook_names", None)
-    return list(fn()) if callable(fn) else []
-
-
+# Geometry (hook points, prefix tokens, token grid, input size) comes only from the model adapter.
 def check_images(model: nn.Module, images: Tensor) -> None:
     """Raise one sentence when ``images`` is not a (B, 3, H, W) batch of the model's input size."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise FerlensError(f"Images must be a (B, 3, H, W) tensor, got {shape}; preprocess them with "
                            "train.engine.make_eval_transform(config).")
-    expected = model_input_size(model)
-    if expected is not None and tuple(images.shape[-2:]) != expected:
-        raise FerlensError(f"Images are {images.shape[-2]}x{images.shape[-1]} but the model expects "
-                           f"{expected[0]}x{expected[1]}; resize them with train.engine.make_eval_transform(config).")
-
-
-def is_clsonly(model: nn.Module) -> bool:
-    return getattr(model, "block_type", "") == "clsonly"
+    model_spec(model).check_input(images)
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """The module at hook/module path ``name``, or one sentence naming the valid hook points."""
+    """The module a CAM targets for hook name (or module path) ``name``, or one sentence naming the valid ones."""
+    spec = model_spec(model)
+    hook = spec.hooks.get(name)
+    if hook is not None and hook.kind in ("tokens", "stem") and hook.error is None:
+        if hook.kind == "tokens" and not hook.layout.patches:
+            stem = spec.stem_layer or "tokens"
+            raise FerlensError(f"Layer '{name}' holds only the CLS token, so it has no patch grid to map; "
+                               f"target one of {', '.join(spec.patch_layers)} or '{stem}' instead.")
+        return model.get_submodule(hook.module)
     modules = dict(model.named_modules())
-    if name not in modules or not name:
-        valid = hook_names(model) or [n for n in modules if n]
-        raise FerlensError(f"Layer '{name}' does not exist in this model; use one of "
-                           f"{', '.join(v for v in valid if not v.endswith('.attn'))}." + close_matches(name, valid))
-    if is_clsonly(model) and name.startswith("blocks."):
-        raise FerlensError(f"Layer '{name}' of a clsonly model holds only the CLS token, so it has no patch "
-                           f"grid to map; target 'tokens' or 'stem.stage{getattr(model, 'stem_stage', 3)}' instead.")
-    return modules[name]
+    if name and name in modules and name not in spec.hooks:
+        return modules[name]
+    valid = [n for n in spec.names if spec.hooks[n].kind in ("tokens", "stem")] or [n for n in modules if n]
+    what = "is not a CAM target of" if name in spec.hooks else "does not exist in"
+    raise FerlensError(f"Layer '{name}' {what} this model; use one of {', '.join(valid)}." + close_matches(name, valid))
 
 
 def default_cam_layer(model: nn.Module) -> str:
-    """Where a CAM looks by default: the token stream the last block reads (its patch tokens still
-    influence the CLS readout), the last block for gap/seqpool readouts, the CNN stage for clsonly."""
-    if is_clsonly(model) or not hasattr(model, "blocks"):
-        return f"stem.stage{getattr(model, 'stem_stage', 3)}"
-    depth = len(model.blocks)
-    if getattr(model, "readout", "cls") != "cls":
-        return f"blocks.{depth - 1}"
-    return f"blocks.{depth - 2}" if depth >= 2 else "tokens"
+    """Where a CAM looks by default (``ModelSpec.cam_layer``): the token stream whose patch tokens the
+    readout still depends on (the one the last block reads for CLS readouts), the CNN stage for clsonly."""
+    layer = model_spec(model).cam_layer
+    if layer is None:
+        raise FerlensError(f"{type(model).__name__} has no token or CNN layer to target; pass --layer MODULE_PATH.")
+    return layer
 
 
-def token_reshape(grid_size: Sequence[int], num_prefix: int):
-    """A pytorch-grad-cam ``reshape_transform`` from the model's geometry.
+def token_reshape(model: nn.Module, layer: str):
+    """A pytorch-grad-cam ``reshape_transform`` for ``layer`` built from the model spec.
 
     Tokens (B, P+N, D) lose their P prefix tokens and become (B, D, H, W); CNN maps (B, C, H, W)
     pass through, so one transform serves stage and block targets for any grid (7×7, 8×8, 4×6 …).
     """
-    h, w = int(grid_size[0]), int(grid_size[1])
-
-    def reshape(x: Tensor) -> Tensor:
-        if x.dim() == 4:
-            return x
-        n = x.shape[1] - num_prefix
-        if n != h * w:
-            raise FerlensError(f"The target layer has {x.shape[1]} tokens, not {num_prefix} prefix + {h}x{w} "
-                               "patches; choose a layer that keeps the patch tokens (e.g. 'tokens').")
-        return x[:, num_prefix:].reshape(x.shape[0], h, w, x.shape[-1]).permute(0, 3, 1, 2)  # (B, D, H, W)
-
-    return reshape
+    return model_spec(model).reshape_transform(layer)
 
 
 # ------------------------------------------------------------------------------------- targets
@@ -171,12 +145,15 @@ class Attribution(ABC):
             self._check_attention()
 
     def _check_attention(self) -> None:
-        if "blocks.0.attn" not in hook_names(self.model):
+        spec = model_spec(self.model)
+        if not spec.attention_layers:
             raise FerlensError(f"{type(self).__name__} needs attention hook points (blocks.{{i}}.attn) and "
                                f"{type(self.model).__name__} has none; use gradcam, ig, saliency or occlusion.")
+        for name in spec.attention_layers:
+            spec.hook(name)  # one sentence naming the fix when an attention cannot be read
 
     def attn_names(self) -> list[str]:
-        return [f"blocks.{i}.attn" for i in range(len(self.model.blocks))]
+        return list(model_spec(self.model).attention_layers)
 
     @abstractmethod
     def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
@@ -191,13 +168,15 @@ class Rollout(Attribution):
     def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         from .cache import run_with_cache
 
+        spec = model_spec(self.model)
         names = self.attn_names()
         cache = run_with_cache(self.model, images, names=names)
-        return _rollout.attention_rollout([cache[n] for n in names], grid_size=self.model.grid_size,
-                                          num_prefix=self.model.num_prefix_tokens,
+        attns = [spec.lift_attention(cache[n], n) for n in names]       # each (B, heads, Nq, T)
+        rel = _rollout.attention_rollout(attns, num_prefix=spec.final.num_prefix,
                                           head_fusion=self.options.get("head_fusion", "mean"),
                                           discard_ratio=self.options.get("discard_ratio", 0.0),
                                           residual=self.options.get("residual", True))
+        return _rollout.to_grid(rel, spec.grid(rel.shape[-1]))
 
 
 class GradRollout(Attribution):
@@ -216,8 +195,11 @@ class GradRollout(Attribution):
             attns = [cache[n] for n in names]
             grads = torch.autograd.grad(score, attns, allow_unused=True)
         grads = [torch.zeros_like(a) if g is None else g for a, g in zip(attns, grads)]
-        return _rollout.grad_rollout(attns, grads, num_prefix=self.model.num_prefix_tokens,
-                                     grid_size=self.model.grid_size)
+        spec = model_spec(self.model)
+        attns = [spec.lift_attention(a.detach(), n) for n, a in zip(names, attns)]
+        grads = [spec.lift_attention(g, n, fill=0.0) for n, g in zip(names, grads)]
+        rel = _rollout.grad_rollout(attns, grads, num_prefix=spec.final.num_prefix)
+        return _rollout.to_grid(rel, spec.grid(rel.shape[-1]))
 
 
 class ClsAttention(Attribution):
@@ -229,20 +211,23 @@ class ClsAttention(Attribution):
     def __call__(self, images: Tensor, targets: Tensor | None, scorer: nn.Module) -> Tensor:
         from .cache import run_with_cache
 
-        names = self.attn_names()
+        spec = model_spec(self.model)
+        names = spec.cls_attention_layers()
         if self.layer is not None:
-            idx = self.layer.removesuffix(".attn")
-            if f"{idx}.attn" not in names:
-                raise FerlensError(f"Layer '{self.layer}' has no attention; use one of {', '.join(names)}.")
-            names = [f"{idx}.attn"]
-        cache = run_with_cache(self.model, images, names=names)
-        raw = _rollout.cls_attention([cache[n] for n in names], num_prefix=self.model.num_prefix_tokens)
-        if not raw:
-            raise FerlensError(f"{self.layer} attends only to the CLS token; pick a block that sees patch tokens.")
-        heads = raw[max(raw)]                                            # (B, heads, N)
+            name = self.layer if self.layer.endswith(".attn") else f"{self.layer}.attn"
+            if name not in names:
+                raise FerlensError(f"Layer '{self.layer}' has no CLS attention over patch tokens; use one of "
+                                   f"{', '.join(spec.block_of(n) for n in names) or '(none)'}.")
+            names = [name]
+        if not names:
+            raise FerlensError(f"No block of {type(self.model).__name__} has a CLS query over patch tokens; "
+                               "use rollout, gradcam or ig.")
+        name = names[-1]
+        cache = run_with_cache(self.model, images, names=[name])
+        heads = spec.cls_to_patches(cache[name], name)                   # (B, heads, N)
         head = self.options.get("head")
         a = heads.mean(1) if head is None else heads[:, int(head)]
-        return _rollout.to_grid(a, self.model.grid_size)
+        return _rollout.to_grid(a, spec.grid(a.shape[-1]))
 
 
 class CAM(Attribution):
@@ -254,8 +239,9 @@ class CAM(Attribution):
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        layer = resolve_layer(self.model, self.layer or default_cam_layer(self.model))
-        reshape = token_reshape(self.model.grid_size, self.model.num_prefix_tokens)
+        name = self.layer or default_cam_layer(self.model)
+        layer = resolve_layer(self.model, name)
+        reshape = token_reshape(self.model, name)
         # The CAM needs d(score)/d(target activations) only. pytorch-grad-cam calls loss.backward(), which
         # also computes every weight gradient and back-propagates through the layers below the target.
         # So, for the call: weights frozen, and the target's output made a leaf that requires grad (our hook
@@ -352,7 +338,7 @@ class Occlusion(Captum):
     captum_name = "Occlusion"
 
     def captum_kwargs(self, images: Tensor) -> dict[str, Any]:
-        gh, gw = self.model.grid_size
+        gh, gw = token_grid(self.model, images)
         ph, pw = -(-images.shape[-2] // int(gh)), -(-images.shape[-1] // int(gw))
         return {"sliding_window_shapes": (3, ph, pw), "strides": (3, ph, pw), "baselines": 0.0,
                 "perturbations_per_eval": int(self.options.get("internal_batch_size") or 16)}
@@ -386,7 +372,7 @@ def normalise_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
     """
     maps = maps.detach().float()
     if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
     maps = maps.clamp_min(0)
     lo = maps.flatten(1).min(1).values[:, None, None]
     hi = maps.flatten(1).max(1).values[:, None, None]
@@ -405,7 +391,8 @@ def explain(model: nn.Module, images: Tensor, method: str = "gradcam", target: T
     """Attribution maps for a batch of images.
 
     Args:
-        model: a ferlens hybrid (or any timm-style model with ``grid_size``/``num_prefix_tokens``).
+        model: any model ``train.models.adapters.model_spec`` understands (ferlens, timm ViT/DeiT/hybrid, CaiT,
+            hook-mapped).
         images: (B, 3, H, W) preprocessed images of the model's input size.
         method: a key of ``METHODS``.
         target: None (predicted class), a class index, (B,) classes, or ``"cls"`` (CLS feature norm).

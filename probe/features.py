@@ -282,8 +282,8 @@ def discover_layout(model, image) -> Layout:
     spec = model_spec(model)
     layers = list(spec.token_layers)
     if not layers:
-        raise FerlensError(f"{type(model).__name__} names no token layers; describe them with "
-                           "--hook-map tokens=MODULE blocks=MODULE_LIST.")
+        raise FerlensError(f"ferlens does not know where the tokens of {type(model).__name__} live; describe them "
+                           "with --hook-map NAME=MODULE_PATH (e.g. blocks=layers tokens=embed stem.stage3=cnn.layer3).")
     stem = spec.stem_layer
     with torch.inference_mode():
         cache = run_with_cache(model, image[None].to(_device(model)), names=layers + ([stem] if stem else []))

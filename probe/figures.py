@@ -89,8 +89,14 @@ def split_runs(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
+CLASS_BLOCK_OFFSET = 1000
+
+
 def layer_position(layer: Any) -> int:
-    """Depth position of a hook name: ``tokens`` 0, ``blocks.i`` i+1, ``stem.*`` -1; ints pass through."""
+    """Depth position of a hook name: ``tokens`` 0, ``blocks.i`` i+1, ``stem.*`` -1; ints pass through.
+
+    CaiT's class-attention blocks ``blocks_token_only.j`` come after every patch block: 1001 + j (an order
+    key; the name alone does not tell the patch depth)."""
     if isinstance(layer, (int, np.integer)):
         return int(layer)
     text = str(layer)
@@ -101,6 +107,9 @@ def layer_position(layer: Any) -> int:
     match = re.match(r"^blocks\.(\d+)", text)
     if match:
         return int(match.group(1)) + 1
+    match = re.match(r"^blocks_token_only\.(\d+)", text)
+    if match:
+        return CLASS_BLOCK_OFFSET + int(match.group(1)) + 1
     if text.startswith("stem"):
         return -1
     if text == "pre_logits":
@@ -116,6 +125,9 @@ def layer_short(layer: Any) -> str:
     match = re.match(r"^blocks\.(\d+)$", text)
     if match:
         return f"b{match.group(1)}"
+    match = re.match(r"^blocks_token_only\.(\d+)$", text)
+    if match:
+        return f"c{match.group(1)}"
     return "stem" if text.startswith("stem") else text
 
 

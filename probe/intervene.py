@@ -14,6 +14,9 @@ Each reports accuracy, its change against the clean run, and the mean change of 
 
 Activation patching is a forward hook that returns a modified output; TransformerLens does this with
 its hook points, which ferlens models do not carry, so the small ``patched`` context is written here.
+Which module a layer name patches and where its CLS / patch tokens sit come from the model adapter
+(``model_spec``): CLS modes run only at layers that hold a CLS token (CaiT: its class-attention blocks),
+``patch_parts`` only at layers that hold patches, and every prefix token is left out of the patches.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from train.errors import FerlensError, close_matches
+from train.models.adapters import TokenLayout, model_spec
 
 CLS_MODES = ("mean", "shuffle", "zero")
 MODES = CLS_MODES + ("patch_parts",)
@@ -41,11 +45,12 @@ def patched(model: nn.Module, name: str, fn: Callable[[Tensor], Tensor]) -> Iter
     """While open, the output of hook point ``name`` is replaced by ``fn(output)``.
 
     Args:
-        model: a ferlens hybrid.
-        name: ``tokens`` or ``blocks.{i}``.
+        model: any model ``model_spec`` understands.
+        name: a residual-stream hook (``tokens``, ``blocks.{i}`` …).
         fn: (B, T, D) -> (B, T, D).
     """
-    handle = model.get_submodule(name).register_forward_hook(lambda _m, _a, out: fn(out))
+    hook = model_spec(model).hook(name)
+    handle = model.get_submodule(hook.module).register_forward_hook(lambda _m, _a, out: fn(out))
     try:
         yield
     finally:
@@ -53,8 +58,8 @@ def patched(model: nn.Module, name: str, fn: Callable[[Tensor], Tensor]) -> Iter
 
 
 def stream_layers(model: nn.Module) -> list[str]:
-    """Residual-stream hook points in forward order: ``tokens``, ``blocks.0`` … ``blocks.{L-1}``."""
-    return ["tokens"] + [f"blocks.{i}" for i in range(len(model.blocks))]
+    """Residual-stream hook points in forward order: ``tokens``, ``blocks.0`` … ``blocks.{L-1}`` (model spec)."""
+    return list(model_spec(model).token_layers)
 
 
 @dataclass
@@ -77,16 +82,18 @@ def stream_stats(model: nn.Module, images: Tensor, layers: Sequence[str], batch_
     """One clean pass collecting logits, CLS tokens and mean patch tokens at ``layers``."""
     from .cache import hooked
 
-    logits, cls = [], {n: [] for n in layers}
+    spec = model_spec(model)
+    logits, cls = [], {n: [] for n in layers if spec.layout(n).cls_index is not None}
     patch_sum: dict[str, Tensor] = {}
     with hooked(model, list(layers)) as cache:
         for chunk in images.split(batch_size):
             logits.append(model(chunk))
             for n in layers:
                 x = cache[n]                                              # (B, T, D)
-                cls[n].append(x[:, 0])
-                if x.shape[1] > model.num_prefix_tokens:
-                    s = x[:, model.num_prefix_tokens:].sum(0)             # (N, D)
+                if n in cls:
+                    cls[n].append(spec.cls(x, n))                         # (B, D)
+                if spec.layout(n).patches:
+                    s = spec.patches(x, n).sum(0)                         # (N, D)
                     patch_sum[n] = patch_sum[n] + s if n in patch_sum else s
     return StreamStats(torch.cat(logits), {n: torch.cat(v) for n, v in cls.items()},
                        {n: s / images.shape[0] for n, s in patch_sum.items()})
@@ -102,14 +109,14 @@ def derangement(n: int, seed: int = 0) -> Tensor:
     return perm
 
 
-def part_cells(part_masks: Tensor, part_ids: Sequence[Sequence[int]], grid_size: Sequence[int],
+def part_cells(part_masks: Tensor, part_ids: Sequence[Sequence[int]], grid: Sequence[int],
                min_cover: float = 0.1) -> Tensor:
     """Grid cells covered by the given parts.
 
     Args:
         part_masks: (n, H, W) integer part masks.
         part_ids: per image, the parts to cover.
-        grid_size: (h, w) token grid.
+        grid: (h, w) token grid (``train.models.adapters.token_grid``).
         min_cover: smallest share of a cell's pixels inside the parts for the cell to count.
 
     Returns:
@@ -118,7 +125,7 @@ def part_cells(part_masks: Tensor, part_ids: Sequence[Sequence[int]], grid_size:
     from .metrics import part_masks_for
 
     inside = part_masks_for(part_masks, part_ids).float()[:, None]     # (n, 1, H, W)
-    cover = F.adaptive_avg_pool2d(inside, tuple(int(g) for g in grid_size))[:, 0]  # (n, h, w)
+    cover = F.adaptive_avg_pool2d(inside, tuple(int(g) for g in grid)).squeeze(1)  # (n, h, w)
     return (cover >= min_cover).flatten(1)
 
 
@@ -129,20 +136,22 @@ def _score(logits: Tensor, labels: Tensor, clean: Tensor) -> tuple[float, float]
 
 
 def _replacement(mode: str, layer: str, stats: StreamStats, idx: Tensor, perm: Tensor,
-                 cells: Tensor | None, num_prefix: int) -> Callable[[Tensor], Tensor]:
-    """The output edit of one mode for the images ``idx`` of a batch."""
+                 cells: Tensor | None, layout: TokenLayout) -> Callable[[Tensor], Tensor]:
+    """The output edit of one mode for the images ``idx`` of a batch (``layout``: where the tokens sit)."""
+    c, p = layout.cls_index, layout.num_prefix
+
     def edit(out: Tensor) -> Tensor:                                      # (B, T, D)
         out = out.clone()
         if mode == "mean":
-            out[:, 0] = stats.cls[layer].mean(0)
+            out[:, c] = stats.cls[layer].mean(0)
         elif mode == "shuffle":
-            out[:, 0] = stats.cls[layer][perm[idx]]
+            out[:, c] = stats.cls[layer][perm[idx]]
         elif mode == "zero":
-            out[:, 0] = 0.0
+            out[:, c] = 0.0
         else:                                                             # patch_parts
             sel = cells[idx]                                              # (B, N)
-            patches = out[:, num_prefix:]
-            out[:, num_prefix:] = torch.where(sel[..., None], stats.patch_mean[layer].expand_as(patches), patches)
+            patches = out[:, p:]
+            out[:, p:] = torch.where(sel[..., None], stats.patch_mean[layer].expand_as(patches), patches)
         return out
 
     return edit
@@ -180,16 +189,17 @@ def run_interventions(model: nn.Module, images: Tensor, labels: Tensor, modes: S
             raise FerlensError(f"Layer '{layer}' is not a residual-stream hook point; use one of {', '.join(valid)}."
                                + close_matches(layer, valid))
     n = images.shape[0]
+    spec = model_spec(model)
     stats = stream_stats(model, images, layers, batch_size)
     clean_acc, _ = _score(stats.logits, labels, stats.logits)
     rows = [dict(layer="none", mode="clean", accuracy=clean_acc, delta_accuracy=0.0, mean_logit_change=0.0, n=n)]
     perm = derangement(n, seed) if "shuffle" in modes else torch.arange(n)
     jobs = [(layer, mode) for mode in modes for layer in layers
-            if mode != "patch_parts" or layer in stats.patch_mean]
+            if (layer in stats.patch_mean if mode == "patch_parts" else layer in stats.cls)]
     for layer, mode in tqdm(jobs, desc="interventions", leave=False):
         out = []
         for idx in torch.arange(n).split(batch_size):
-            with patched(model, layer, _replacement(mode, layer, stats, idx, perm, cells, model.num_prefix_tokens)):
+            with patched(model, layer, _replacement(mode, layer, stats, idx, perm, cells, spec.layout(layer))):
                 out.append(model(images[idx]))
         acc, change = _score(torch.cat(out), labels, stats.logits)
         rows.append(dict(layer=layer, mode=mode, accuracy=acc, delta_accuracy=acc - clean_acc,

@@ -118,12 +118,12 @@ def deletion_insertion(model: torch.nn.Module, images: Tensor, maps: Tensor, tar
     tgt = targets.repeat_interleave(2 * (steps + 1))
     with torch.no_grad():
         probs = torch.cat([F.softmax(model(x), -1) for x in both.split(batch_size)])
-    probs = probs.gather(1, tgt[:, None])[:, 0].view(b, 2, steps + 1)
+    deletion, insertion = probs.gather(1, tgt[:, None]).view(b, 2, steps + 1).unbind(1)  # each (B, S+1)
     dx = 1.0 / steps
     return DeletionInsertion(
-        deletion_auc=torch.trapezoid(probs[:, 0], dx=dx, dim=-1),
-        insertion_auc=torch.trapezoid(probs[:, 1], dx=dx, dim=-1),
-        deletion_curve=probs[:, 0], insertion_curve=probs[:, 1])
+        deletion_auc=torch.trapezoid(deletion, dx=dx, dim=-1),
+        insertion_auc=torch.trapezoid(insertion, dx=dx, dim=-1),
+        deletion_curve=deletion, insertion_curve=insertion)
 
 
 def road(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
@@ -203,7 +203,7 @@ def resize_masks(part_masks: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(part_masks.shape[-2:]) == tuple(size):
         return part_masks
     x = part_masks[:, None].float()
-    return F.interpolate(x, size=size, mode="nearest")[:, 0].to(part_masks.dtype)
+    return F.interpolate(x, size=size, mode="nearest").squeeze(1).to(part_masks.dtype)
 
 
 def part_masks_for(part_masks: Tensor, part_ids: Sequence[Sequence[int]]) -> Tensor:
@@ -320,10 +320,9 @@ def _reinit_(module: torch.nn.Module, seed: int) -> None:
 
 def randomisation_cascade(model: torch.nn.Module) -> list[str]:
     """Module paths re-initialised by the cascade, top down: head, blocks L-1 .. 0, then the stem."""
-    names = ["head"] + [f"blocks.{i}" for i in reversed(range(len(model.blocks)))]
-    if hasattr(model, "stem"):
-        names.append("stem")
-    return names
+    from train.models.adapters import model_spec
+
+    return list(model_spec(model).cascade)
 
 
 def cascading_randomisation(model: torch.nn.Module, images: Tensor,

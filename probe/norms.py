@@ -13,19 +13,26 @@ from typing import Any
 
 import numpy as np
 
+from train.models.adapters import TokenLayout
 
-def token_norms(tokens) -> tuple[np.ndarray, np.ndarray]:
+FERLENS_LAYOUT = TokenLayout(1, 0, True)  # [CLS; patches]
+
+
+def token_norms(tokens, layout: TokenLayout = FERLENS_LAYOUT) -> tuple[np.ndarray | None, np.ndarray]:
     """L2 norms of the CLS and patch tokens.
 
     Args:
-        tokens: (B, 1+N, D) tensor or array (N may be 0, e.g. clsonly blocks).
+        tokens: (B, T, D) tensor or array laid out as ``layout`` (``model_spec(model).layout(name)``).
 
     Returns:
-        cls norms (B,) and patch norms (B, N).
+        cls norms (B,) (None when the layer has no CLS) and patch norms (B, N) (N = 0 without patches;
+        every prefix token excluded).
     """
     t = np.asarray(tokens.float().cpu().numpy() if hasattr(tokens, "cpu") else tokens, dtype=np.float32)
-    norms = np.linalg.norm(t, axis=-1)  # (B, 1+N)
-    return norms[:, 0], norms[:, 1:]
+    norms = np.linalg.norm(t, axis=-1)  # (B, T)
+    cls = norms[:, layout.cls_index] if layout.cls_index is not None else None
+    patches = norms[:, layout.num_prefix:] if layout.patches else norms[:, :0]
+    return cls, patches
 
 
 def outlier_fraction(patch_norms: np.ndarray, k: float = 3.0) -> float:
@@ -43,17 +50,18 @@ def norm_stats(norms: np.ndarray, k: float = 3.0) -> dict[str, float]:
             "outlier_frac": outlier_fraction(v, k)}
 
 
-def cls_attention_entropy(attn) -> np.ndarray:
+def cls_attention_entropy(attn, query: int = 0, num_prefix: int = 1) -> np.ndarray:
     """Per-image, per-head entropy (nats) of the CLS query's attention over the patch tokens.
 
     Args:
-        attn: (B, heads, Nq, 1+N) post-softmax attention; query 0 is the CLS token.
+        attn: (B, heads, Nq, P+N) post-softmax attention.
+        query: index of the CLS query; num_prefix: P, the prefix keys dropped before renormalising.
 
     Returns:
         (B, heads) entropies; divide by log(N) for the normalized entropy.
     """
     a = np.asarray(attn.float().cpu().numpy() if hasattr(attn, "cpu") else attn, dtype=np.float64)
-    p = a[:, :, 0, 1:]  # (B, heads, N)
+    p = a[:, :, query, num_prefix:]  # (B, heads, N)
     p = p / np.clip(p.sum(-1, keepdims=True), 1e-12, None)
     return -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
 
@@ -66,27 +74,33 @@ class NormAccumulator:
     patch: dict[str, list[np.ndarray]] = field(default_factory=dict)
     entropy: dict[str, list[np.ndarray]] = field(default_factory=dict)
     num_patches: dict[str, int] = field(default_factory=dict)
+    order: dict[str, None] = field(default_factory=dict)  # layers in the order they were added
 
-    def add_tokens(self, layer: str, tokens) -> None:
-        """tokens (B, 1+N, D) of one layer."""
-        c, p = token_norms(tokens)
-        self.cls.setdefault(layer, []).append(c)
+    def add_tokens(self, layer: str, tokens, layout: TokenLayout = FERLENS_LAYOUT) -> None:
+        """tokens (B, T, D) of one layer, laid out as ``layout``."""
+        c, p = token_norms(tokens, layout)
+        self.order.setdefault(layer, None)
+        if c is not None:
+            self.cls.setdefault(layer, []).append(c)
         if p.shape[1]:
             self.patch.setdefault(layer, []).append(p)
 
-    def add_attention(self, layer: str, attn) -> None:
-        """attn (B, heads, Nq, 1+N) of one block (only when it has patch keys)."""
-        if attn.shape[-1] > 1:
-            self.entropy.setdefault(layer, []).append(cls_attention_entropy(attn))
-            self.num_patches[layer] = int(attn.shape[-1]) - 1
+    def add_attention(self, layer: str, attn, query: int = 0, num_prefix: int = 1) -> None:
+        """attn (B, heads, Nq, P+N) of one block (only when it has patch keys)."""
+        if attn.shape[-1] > num_prefix:
+            self.entropy.setdefault(layer, []).append(cls_attention_entropy(attn, query, num_prefix))
+            self.num_patches[layer] = int(attn.shape[-1]) - num_prefix
 
     def norm_rows(self, k: float = 3.0) -> list[dict[str, Any]]:
         """Rows ``layer,tokens,mean_norm,std_norm,max_norm,outlier_frac`` (outliers among patches by the
         patch rule; for CLS, whether CLS norms exceed the patch threshold)."""
         rows = []
-        for layer, chunks in self.cls.items():
-            c = np.concatenate(chunks)
+        for layer in (self.order or self.cls):
             p = np.concatenate(self.patch[layer]) if layer in self.patch else None
+            if layer not in self.cls:                                      # no CLS at this layer (CaiT patch blocks)
+                rows.append({"layer": layer, "tokens": "patch", **norm_stats(p, k)})
+                continue
+            c = np.concatenate(self.cls[layer])
             cls_row = {"layer": layer, "tokens": "cls", **norm_stats(c, k)}
             if p is not None:
                 thr = p.mean() + k * p.std()
@@ -121,19 +135,23 @@ def measure(model, dataset, *, batch_size: int = 64, max_samples: int | None = N
     import torch
     from tqdm.auto import tqdm
 
+    from train.models.adapters import model_spec
+
     from .cache import run_with_cache
-    from .features import _loader, token_layers
+    from .features import _loader
 
     model = model.eval().to(device)
-    layers = token_layers(model)
-    attn = [f"blocks.{i}.attn" for i in range(len(model.blocks))]
+    spec = model_spec(model)
+    layers = list(spec.token_layers)
+    attn = spec.cls_attention_layers()
     n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     acc = NormAccumulator()
     for images, *_ in tqdm(_loader(dataset, range(n), batch_size), desc="norms", disable=not progress):
         with torch.inference_mode():
             cache = run_with_cache(model, images.to(device), names=layers + attn)
         for name in layers:
-            acc.add_tokens(name, cache[name])
+            acc.add_tokens(name, cache[name], spec.layout(name))
         for name in attn:
-            acc.add_attention(name[: -len(".attn")], cache[name])
+            acc.add_attention(spec.block_of(name), cache[name], spec.attention_queries(name).cls_index,
+                              spec.hooks[name].layout.num_prefix)
     return acc

@@ -292,6 +292,10 @@ def _inline(text: str) -> str:
 
 
 def _layer_name(index: int) -> str:
+    from .figures import CLASS_BLOCK_OFFSET
+
+    if index > CLASS_BLOCK_OFFSET:
+        return f"class-attention block {index - CLASS_BLOCK_OFFSET - 1}"
     return "the token embedding (layer 0)" if index == 0 else f"layer {index} (after block {index - 1})"
 
 

@@ -6,13 +6,17 @@ import streamlit as st
 
 from app import actions, charts
 from app.state import selection
+from train.errors import FerlensError
 
 
 def _layer_key(name: str) -> tuple[int, str]:
-    """Order layers: stem, tokens, blocks.0, blocks.1, ..."""
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1, name
-    return (0 if name == "tokens" else -1), name
+    """Order layers: stem, tokens, blocks.0, blocks.1, ... (CaiT's class blocks last)."""
+    from probe.figures import layer_position
+
+    try:
+        return layer_position(name), name
+    except FerlensError:  # an unknown name sorts first; the page still shows it
+        return -2, name
 
 
 def controls_ui(df: pd.DataFrame, default_color: str) -> tuple[str, str, str, str]:

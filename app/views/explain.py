@@ -111,9 +111,9 @@ def run_column(run: Path, image: Image.Image, methods: list[str], target_name: s
     images, captions = [], []
     for method in methods:
         layer = head = None
-        if method == "cls_attention":
-            layer, head = _attention_ui(model, k)
         try:
+            if method == "cls_attention":
+                layer, head = _attention_ui(model, k)
             heat = explainer.attribution(model, x, run_key, img_key, method, target, layer, head)
         except FerlensError as e:
             st.warning(f"{TITLES[method]}: {e}")
@@ -129,12 +129,14 @@ def run_column(run: Path, image: Image.Image, methods: list[str], target_name: s
 def _attention_ui(model, k: int) -> tuple[str, int | None]:
     """Layer and head sliders for CLS attention of one run."""
     layers = explainer.attention_layers(model)
+    if not layers:
+        raise FerlensError("This model has no CLS query over patch tokens, so there is no CLS attention to show.")
     c1, c2 = st.columns(2)
     layer = c1.select_slider("CLS attn layer", layers, value=layers[-1], key=f"ex_layer_{k}") if len(layers) > 1 \
         else layers[0]
-    heads = int(getattr(model, "num_heads", 1))
+    heads = explainer.attention_heads(model)
     head = c2.select_slider("Head", ["mean"] + list(range(heads)), value="mean", key=f"ex_head_{k}")
-    return f"blocks.{layer}", (None if head == "mean" else int(head))
+    return layer, (None if head == "mean" else int(head))
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import actions, charts
 from app.state import selection
+from probe.figures import layer_position
 
 
 def main() -> None:
@@ -19,7 +20,7 @@ def main() -> None:
     if not found:
         return
     df = pd.concat([t.assign(run=r) for r, t in found.items()], ignore_index=True)
-    df["layer_index"] = [int(s.split(".")[1]) if str(s).startswith("blocks.") else -1 for s in df["layer"]]
+    df["layer_index"] = [layer_position(s) if str(s) not in ("none", "input") else -1 for s in df["layer"]]
     modes = sorted(df["mode"].unique())
     default = [m for m in ("mean", "shuffle", "zero") if m in modes] or modes
     chosen = st.multiselect("Modes", modes, default=default, key="int_modes")

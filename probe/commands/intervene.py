@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from probe.metrics import synthfer_part_ids
     from train.engine import make_eval_transform
     from train.io import atomic_write_csv, atomic_write_json
+    from train.models.adapters import token_grid
     from train.runs import load_run
 
     model, config = load_run(args.run)
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         modes = [m for m in modes if m != "patch_parts"]
     elif "patch_parts" in modes:
         defining, _ = synthfer_part_ids(label_names, batch.labels)
-        cells = intervene.part_cells(batch.part_masks, defining, model.grid_size)
+        cells = intervene.part_cells(batch.part_masks, defining, token_grid(model, batch.images))
     layers = args.layers.split(",") if args.layers else None
     rows = intervene.run_interventions(model, batch.images, batch.labels, modes=modes, layers=layers,
                                        cells=cells, batch_size=args.batch_size, seed=args.seed)

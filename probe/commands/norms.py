@@ -44,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {'layer':<10} {'cls mean':>9} {'patch mean':>11} {'patch outliers':>15} {'cls entropy':>12}")
         by = {(r["layer"], r["tokens"]): r for r in norms}
         for layer in dict.fromkeys(r["layer"] for r in norms):
-            c, p = by[(layer, "cls")], by.get((layer, "patch"))
+            c, p = by.get((layer, "cls")), by.get((layer, "patch"))
             e = [r["entropy_norm"] for r in ent if r["layer"] == layer]
             pm = f"{p['mean_norm']:.2f}" if p else "-"
             po = f"{p['outlier_frac']:.4f}" if p else "-"
             em = f"{sum(e) / len(e):.3f}" if e else "-"
-            print(f"  {layer:<10} {c['mean_norm']:>9.2f} {pm:>11} {po:>15} {em:>12}")
+            cm = f"{c['mean_norm']:.2f}" if c else "-"
+            print(f"  {layer:<10} {cm:>9} {pm:>11} {po:>15} {em:>12}")
     return 0

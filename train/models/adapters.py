@@ -171,6 +171,30 @@ class ModelSpec:
         """``blocks.3.attn`` -> ``blocks.3``."""
         return attn_name.removesuffix(".attn")
 
+    @property
+    def final(self) -> TokenLayout:
+        """Layout of the final sequence (the one the head reads, and the one rollout runs over)."""
+        return TokenLayout(self.num_prefix_tokens, self.cls_index, True)
+
+    def lift_attention(self, attn: Tensor, name: str, fill: float = 1.0) -> Tensor:
+        """Attention (B, heads, Nq, K) of hook ``name`` in the final sequence's layout (B, heads, Nq', T).
+
+        A block that runs before the prefix tokens exist (CaiT's patch blocks: keys = patches only) gets
+        the missing prefix rows/columns added: ``fill`` on their diagonal (1 for probabilities: the prefix
+        token passes unchanged, rows still sum to 1; 0 for gradients), zeros elsewhere. Other blocks pass.
+        """
+        have, want = self.hook(name).layout.num_prefix, self.num_prefix_tokens
+        if have >= want:
+            return attn
+        b, h, nq, k = attn.shape
+        pad = want - have
+        out = attn.new_zeros(b, h, nq + pad if nq == k else nq, k + pad)
+        out[..., -nq:, pad:] = attn
+        if nq == k:
+            idx = torch.arange(pad, device=attn.device)
+            out[..., idx, idx] = fill
+        return out
+
     # ------------------------------------------------------------------ readouts
     def cls(self, t: Tensor, name: str) -> Tensor:
         """CLS token (B, D) of the token hook ``name``'s tensor (B, T, D)."""
@@ -242,6 +266,30 @@ class ModelSpec:
             h, w = self.input_size
             raise FerlensError(f"Images are {images.shape[-2]}x{images.shape[-1]} but the model expects {h}x{w}; "
                                "resize them with train.engine.make_eval_transform(config).")
+
+
+def token_grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
+    """The (H, W) token grid of ``model``: the spec's, else counted from one forward of ``images[:1]``."""
+    spec = model_spec(model)
+    if spec.grid_size is not None:
+        return tuple(spec.grid_size)
+    layers = spec.patch_layers
+    if not layers:
+        raise FerlensError(f"{type(model).__name__} has no layer with patch tokens; map one with --hook-map tokens=MODULE.")
+    with torch.no_grad():
+        t = _record(model, spec.hooks[layers[0]], images[:1])
+    return spec.grid(spec.patches(t, layers[0]).shape[1])
+
+
+def _record(model: nn.Module, hook: Hook, images: Tensor) -> Tensor:
+    """One forward recording the output of ``hook``'s module (for geometry only)."""
+    seen: list[Tensor] = []
+    handle = model.get_submodule(hook.module).register_forward_hook(lambda _m, _a, out: seen.append(out))
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    return seen[-1]
 
 
 def summarise(valid: list[str]) -> str:
@@ -319,6 +367,8 @@ def _resnet_stages(model: nn.Module, backbone_path: str) -> dict[str, Hook]:
                 for k in range(len(stages))}
     if isinstance(getattr(backbone, "stem", None), nn.Module):
         return {"stem.stage0": Hook("stem.stage0", f"{backbone_path}.stem", kind="stem")}
+    if not hasattr(backbone, "feature_info"):  # a bare CNN stem (timm's R+ViT-Ti has no stages): its output map
+        return {"stem.stage0": Hook("stem.stage0", backbone_path, kind="stem")}
     return {}
 
 
@@ -501,8 +551,15 @@ def _detect(model: nn.Module) -> ModelSpec:
         return _cait(model)
     if has("patch_embed") and has("blocks") and has("norm_pre"):
         return _timm_vit(model)
-    raise FerlensError(f"ferlens does not know where the tokens of {type(model).__name__} live; describe them with "
-                       "--hook-map NAME=MODULE_PATH (e.g. blocks=layers tokens=embed stem.stage3=cnn.layer3).")
+    return _plain(model)
+
+
+def _plain(model: nn.Module) -> ModelSpec:
+    """A model without known token layers (e.g. a plain CNN): only gradient methods on its own modules and
+    ``pre_logits`` (the head's input) work; token readouts ask for a hook map."""
+    return _finish(model, "plain", _head_input(model), 0, None, None, _size(getattr(model, "img_size", None)),
+                   notes={"hint": "describe the tokens with --hook-map NAME=MODULE_PATH "
+                                  "(e.g. blocks=layers tokens=embed stem.stage3=cnn.layer3)"})
 
 
 _SPECS: "weakref.WeakKeyDictionary[nn.Module, tuple[Any, ModelSpec]]" = weakref.WeakKeyDictionary()

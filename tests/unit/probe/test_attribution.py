@@ -48,17 +48,18 @@ def test_cam_reshape_follows_model_grid(img_size, grid):
     assert maps.shape == (1, h, w) and float(maps.max()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("grid", [(7, 7), (8, 8), (14, 14), (3, 5)])
-def test_token_reshape_drops_prefix(grid):
+@pytest.mark.parametrize("img_size,grid", [(56, (7, 7)), (64, (8, 8)), ((24, 40), (3, 5))])
+def test_token_reshape_drops_prefix(img_size, grid):
     h, w = grid
+    model = _tiny("vit", img_size=img_size, depth=1, embed_dim=32, num_heads=2)
     x = torch.randn(2, 1 + h * w, 6)                              # (B, 1+N, D)
-    y = attribution.token_reshape(grid, 1)(x)
+    y = attribution.token_reshape(model, "blocks.0")(x)
     assert y.shape == (2, 6, h, w)
     assert torch.equal(y[:, :, 1, 2], x[:, 1 + 1 * w + 2])      # row-major patch order, CLS dropped
     cnn = torch.randn(2, 4, h, w)
-    assert attribution.token_reshape(grid, 1)(cnn) is cnn
+    assert attribution.token_reshape(model, "stem.stage3")(cnn) is cnn
     with pytest.raises(FerlensError, match="prefix"):
-        attribution.token_reshape(grid, 1)(torch.randn(2, 1, 6))
+        attribution.token_reshape(model, "blocks.0")(torch.randn(2, 1, 6))
 
 
 def test_clsonly_stage_target_works_and_block_target_is_refused():
@@ -121,7 +122,6 @@ class _PlainCNN(nn.Module):
         super().__init__()
         self.features = nn.Conv2d(3, 4, 3, padding=1)
         self.head = nn.Linear(4, 7)
-        self.grid_size, self.num_prefix_tokens = (32, 32), 0
 
     def forward(self, x):
         return self.head(self.features(x).mean((2, 3)))
@@ -159,8 +159,7 @@ def test_cam_maps_equal_pytorch_grad_cam_called_directly(method, cam_name, layer
     ours = attribution.explain(model, x, method=method, target=None, layer=layer)
     assert all(p.grad is None for p in model.parameters())   # no weight gradient was computed
     assert all(p.requires_grad for p in model.parameters())  # and the weights are unfrozen afterwards
-    reshape = attribution.token_reshape(model.grid_size, model.num_prefix_tokens) if layer.startswith("blocks") \
-        else None
+    reshape = attribution.token_reshape(model, layer) if layer.startswith("blocks") else None
     cam = getattr(pytorch_grad_cam, cam_name)(model=model, target_layers=[model.get_submodule(layer)],
                                               reshape_transform=reshape)
     try:
