@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gradcam": ("probe.commands.gradcam", "Grad-CAM family maps and metrics"),
     "attribute": ("probe.commands.attribute", "captum attributions (IG, saliency, occlusion) and metrics"),
     "intervene": ("probe.commands.intervene", "CLS / patch interventions per layer"),
+    "erase": ("probe.commands.erase", "LEACE concept erasure: probes and model accuracy before/after"),
     "figures": ("probe.commands.figures", "paper figures (PDF/SVG/PNG + tidy CSV)"),
     "report": ("probe.commands.report", "findings report (Markdown + HTML)"),
 }

@@ -812,6 +812,26 @@ def resolve_group(featureset: "FeatureSet", group: str | None = "auto") -> str |
     return group
 
 
+def _too_few_groups(featureset: "FeatureSet", name: str, cv: int) -> bool:
+    return len(np.unique(np.asarray(featureset.attrs[name]).astype(str))) < cv
+
+
+def _plan(featureset: "FeatureSet", target: str, group_name: str | None):
+    grouped_by = group_name if group_name not in (None, target) else None
+    scheme = "grouped" if grouped_by else ("within-group" if group_name == target else "stratified")
+    return (np.asarray(featureset.attrs[grouped_by]) if grouped_by else None), grouped_by, scheme
+
+
+def fold_plan(featureset: "FeatureSet", target: str, group: str | None = "auto",
+              cv: int = 5) -> tuple[np.ndarray | None, str | None, str]:
+    """How ``target`` is cross-validated on ``featureset``: (groups (n,) or None, grouping attribute or None,
+    scheme ``grouped`` | ``within-group`` | ``stratified``), by the rules of ``sweep``."""
+    name = resolve_group(featureset, group)
+    if group == "auto" and name is not None and _too_few_groups(featureset, name, cv):
+        name = None
+    return _plan(featureset, target, name)
+
+
 @dataclass
 class ControlTypes:
     """Lazily computed control types of one FeatureSet (k-means of the stem features computed once)."""
@@ -887,20 +907,16 @@ def sweep(*, featureset: "FeatureSet", targets: Sequence[str] | str = ("expressi
     names = resolve_targets(featureset, targets)
     pairs = featureset.pairs(readouts, layers)  # [(readout, layer, layer_index)]
     group_name = resolve_group(featureset, group)
-    if group == "auto" and group_name is not None:
-        n_groups = len(np.unique(np.asarray(featureset.attrs[group_name]).astype(str)))
-        if n_groups < cv:  # too few identities to group by: say so and fall back to stratified folds
-            if on_skip is not None:
-                on_skip(f"only {n_groups} distinct '{group_name}' values for {cv} folds; folds are not grouped")
-            group_name = None
+    if group == "auto" and group_name is not None and _too_few_groups(featureset, group_name, cv):
+        if on_skip is not None:  # too few identities to group by: say so and fall back to stratified folds
+            on_skip(f"fewer distinct '{group_name}' values than {cv} folds; folds are not grouped")
+        group_name = None
     control_types = ControlTypes(featureset)
     rows: list[dict[str, Any]] = []
     for target in tqdm(names, desc="probe targets", disable=not progress):
         values, kind = featureset.target(target)
         y = encode_target(values, kind)
-        grouped_by = group_name if group_name not in (None, target) else None
-        scheme = "grouped" if grouped_by else ("within-group" if group_name == target else "stratified")
-        groups = np.asarray(featureset.attrs[grouped_by]) if grouped_by else None
+        groups, grouped_by, scheme = _plan(featureset, target, group_name)
         try:
             check_target(y, kind=kind, cv=cv, name=target)
             if groups is not None:
