@@ -27,6 +27,8 @@ FAMILIES = {
     "cait": ("cait_xxs24_224", TIMM, 1),
 }
 
+TRICKY = ("deit_distilled", "cait", "ferlens_cataftermlp")  # two prefix tokens, CLS-less blocks, class attention
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -87,6 +89,12 @@ def test_extract_and_linear(runs, run, capsys):
     if run == "cait":
         assert fs.cls_layers == ["blocks_token_only.0", "blocks_token_only.1"]
         assert fs.patch_layers == ["tokens", "blocks.0", "blocks.1"]
+    assert main(["norms", "--run", str(d), "--n", "8"]) == 0
+    norms = _csv(d / "probes" / "norms.csv")
+    assert {(r["layer"], r["tokens"]) for r in norms} == ({(n, "cls") for n in spec.cls_layers}
+                                                          | {(n, "patch") for n in spec.patch_layers})
+    entropy = {r["layer"] for r in _csv(d / "probes" / "attn_entropy.csv")}
+    assert entropy == {spec.block_of(a) for a in spec.cls_attention_layers()}
     assert main(["linear", "--run", str(d), "--tokens", "cls,patch", "--targets", "expression", "--cv", "2",
                  "--seeds", "1"]) == 0
     rows = json.loads((d / "probes" / "linear.json").read_text())
@@ -96,6 +104,7 @@ def test_extract_and_linear(runs, run, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", list(FAMILIES))
 def test_explain_commands(runs, run, _artifacts_root, capsys):
     """`probe rollout | gradcam | attribute --methods ig`: one metrics row per method, every number in range."""
@@ -103,11 +112,14 @@ def test_explain_commands(runs, run, _artifacts_root, capsys):
 
     d = runs[run]
     common = ["--run", str(d), "--n", "4", "--steps", "4", "--grid-rows", "2"]
-    assert main(["rollout", *common, "--methods", "rollout,grad_rollout,cls_attention"]) == 0
+    tricky = run in TRICKY  # layouts other than [CLS; patches]: every attention and grid method too
+    attention = "rollout,grad_rollout,cls_attention" if tricky else "rollout"
+    pixels = "ig,occlusion" if tricky else "ig"
+    assert main(["rollout", *common, "--methods", attention]) == 0
     assert main(["gradcam", *common, "--methods", "gradcam"]) == 0
-    assert main(["attribute", *common, "--methods", "ig,occlusion", "--n-steps", "4"]) == 0
+    assert main(["attribute", *common, "--methods", pixels, "--n-steps", "4"]) == 0
     rows = {r["method"]: r for r in _csv(d / "explain" / "attribution_metrics.csv")}
-    assert set(rows) == {"rollout", "grad_rollout", "cls_attention", "gradcam", "ig", "occlusion"}
+    assert set(rows) == set(attention.split(",")) | {"gradcam"} | set(pixels.split(","))
     for r in rows.values():
         assert r["n"] == "4"
         for k in ("deletion_auc", "insertion_auc", "part_mass", "pointing_game"):
