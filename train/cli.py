@@ -3,11 +3,13 @@ with ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import sys
 import traceback
+import warnings
 
 from .errors import FerlensError, disk_full_sentence, sentence
 
@@ -46,7 +48,8 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], description: str, 
     args = sp.parse_args(argv[1:])
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return int(module.run(args) or 0)
+        with _one_line_data_warnings(f"{prog} {name}"):
+            return int(module.run(args) or 0)
     except FerlensError as e:
         if debug:
             traceback.print_exc()
@@ -73,6 +76,26 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], description: str, 
         print(f"{prog} {name}: internal error {type(e).__name__}: {first} — re-run with {DEBUG_ENV}=1 for the "
               "traceback and report it.", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _one_line_data_warnings(where: str):
+    """Print dataset warnings (skipped files, samples left out by convention) as one stderr line each."""
+    from .data._files import DataWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"{where}: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 def main(argv=None) -> int:

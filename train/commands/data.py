@@ -162,6 +162,8 @@ def check_text(report: dict[str, Any], show: int = 20) -> str:
         if "error" in v:
             out.append(f"{s}: {v['error']}")
             continue
+        for why, n in (v.get("dropped") or {}).items():
+            out.append(f"{s}: {n} samples left out by the dataset's convention: {why}")
         bad = v["missing"] + v["corrupt"]
         for item in bad[:show]:
             out.append(f"{s}: {item['path']}: {item['problem']}")
@@ -178,6 +180,6 @@ def run_check(args: argparse.Namespace) -> int:
     report = check(args.spec, strict=False)
     print(check_text(report))
     _write_json(args.json, report)
-    if args.strict and report["n_bad"]:
+    if args.strict and not report["ok"]:
         raise FerlensError(problem_sentence(report))
     return 0

@@ -192,6 +192,15 @@ def decode_problem(load: Callable[[], Image.Image]) -> str | None:
     return None
 
 
+def report_dropped(dataset: str, split: str, dropped: Mapping[str, int], total: int) -> None:
+    """One line counting the samples the dataset's own convention leaves out (AffectNet codes 8-10,
+    FERPlus unknown/NF winners, contempt in 7-class mode), by reason; silent when nothing was dropped."""
+    parts = [f"{n} {why}" for why, n in dropped.items() if n]
+    if parts:
+        warnings.warn(f"{dataset} {split}: {sum(dropped.values())} of {total} samples left out by the dataset's "
+                      f"convention ({'; '.join(parts)}).", DataWarning, stacklevel=3)
+
+
 def report_skipped(dataset: str, split: str, skipped: list[tuple[str, str]], total: int,
                    strict: bool) -> None:
     """Warn once (or raise with ``strict``) about skipped images, naming the first few."""
@@ -234,6 +243,7 @@ class ImageFileDataset(FERDataset):
         self.attr_kinds = dict(attr_kinds)
         self.sample_ids = [r.sample_id for r in records]
         self.skipped = list(skipped)  # (path, reason) of files dropped at load time
+        self.dropped: dict[str, int] = {}  # reason -> samples left out by the dataset's convention
 
     def image_path(self, index: int) -> str:
         return self.paths[index]
@@ -256,7 +266,8 @@ class ImageFileDataset(FERDataset):
 
 
 def file_dataset(dataset: str, split: str, records: Sequence[Record], label_names: Sequence[str],
-                 attr_kinds: Mapping[str, AttrKind], strict: bool) -> ImageFileDataset:
+                 attr_kinds: Mapping[str, AttrKind], strict: bool,
+                 dropped: Mapping[str, int] | None = None) -> ImageFileDataset:
     """Check every record's file (exists + readable header), skip bad ones, build the dataset.
 
     Args:
@@ -266,6 +277,7 @@ def file_dataset(dataset: str, split: str, records: Sequence[Record], label_name
         label_names: canonical label names.
         attr_kinds: kinds of the probe-usable attrs.
         strict: raise instead of warning when files are bad.
+        dropped: samples left out by the dataset's convention, by reason (one line is printed).
     """
     good, skipped = [], []
     for rec in tqdm(records, desc=f"{dataset} {split}: checking files", unit="img", leave=False,
@@ -276,7 +288,11 @@ def file_dataset(dataset: str, split: str, records: Sequence[Record], label_name
         else:
             skipped.append((rec.path, why))
     report_skipped(dataset, split, skipped, len(records), strict)
-    return ImageFileDataset(good, label_names, attr_kinds, skipped)
+    dropped = {k: v for k, v in (dropped or {}).items() if v}
+    report_dropped(dataset, split, dropped, len(records) + sum(dropped.values()))
+    ds = ImageFileDataset(good, label_names, attr_kinds, skipped)
+    ds.dropped = dropped
+    return ds
 
 
 def list_images(folder: Path) -> list[Path]:

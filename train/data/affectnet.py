@@ -51,6 +51,10 @@ ATTR_KINDS = {"valence": "continuous", "arousal": "continuous"}
 OPTIONS = ("classes", "val_frac", "seed", "strict")
 
 
+DROP_REASONS = {8: "code 8-10 (None, Uncertain, Non-Face)", 9: "code 8-10 (None, Uncertain, Non-Face)",
+                10: "code 8-10 (None, Uncertain, Non-Face)", 7: "code 7 contempt (classes=7)"}
+
+
 def map_code(code: int, where: str, num_classes: int) -> int | None:
     """AffectNet expression code -> canonical index, None for dropped codes; out of range raises."""
     if not 0 <= code < N_CODES:
@@ -60,9 +64,12 @@ def map_code(code: int, where: str, num_classes: int) -> int | None:
     return canonical(num_classes).index(AN_LABELS[code])
 
 
-def read_file_list(path: Path, image_root: Path, num_classes: int) -> list[F.Record]:
-    """Records of one ``Manually_Annotated_file_lists`` CSV, with face boxes."""
+def read_file_list(path: Path, image_root: Path, num_classes: int,
+                   dropped: dict[str, int] | None = None) -> list[F.Record]:
+    """Records of one ``Manually_Annotated_file_lists`` CSV, with face boxes (``dropped`` counts the
+    samples left out by code)."""
     records = []
+    dropped = {} if dropped is None else dropped
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         first = next(reader, None)
@@ -88,6 +95,7 @@ def read_file_list(path: Path, image_root: Path, num_classes: int) -> list[F.Rec
                                    "from the distribution.") from None
             label = map_code(code, where, num_classes)
             if label is None:
+                dropped[DROP_REASONS[code]] = dropped.get(DROP_REASONS[code], 0) + 1
                 continue
             box = (x, y, x + w, y + h) if w > 0 and h > 0 else None
             records.append(F.Record(str(image_root / rel), label, {"valence": valence, "arousal": arousal},
@@ -112,8 +120,9 @@ def _npy_scalar(path: Path) -> str:
                            "the distribution.") from None
 
 
-def read_npy_set(folder: Path, num_classes: int) -> list[F.Record]:
+def read_npy_set(folder: Path, num_classes: int, dropped: dict[str, int] | None = None) -> list[F.Record]:
     """Records of a ``train_set`` / ``val_set`` folder (images/ + annotations/)."""
+    dropped = {} if dropped is None else dropped
     ann = folder / "annotations"
     if not ann.is_dir():
         raise FerlensError(f"{ann} does not exist; the AffectNet {folder.name} folder must hold images/ and "
@@ -133,13 +142,14 @@ def read_npy_set(folder: Path, num_classes: int) -> list[F.Record]:
                                "the distribution.") from None
         label = map_code(code, str(exp), num_classes)
         if label is None:
+            dropped[DROP_REASONS[code]] = dropped.get(DROP_REASONS[code], 0) + 1
             continue
         records.append(F.Record(str(folder / "images" / f"{sid}.jpg"), label,
                                 {"valence": valence, "arousal": arousal}, f"{folder.name}/{sid}"))
     return records
 
 
-def read_records(base: Path, part: str, num_classes: int) -> list[F.Record]:
+def read_records(base: Path, part: str, num_classes: int, dropped: dict[str, int] | None = None) -> list[F.Record]:
     """All records of AffectNet's ``train`` or ``test`` (= validation) part, from either release."""
     if (base / LIST_DIR).is_dir():
         image_root = F.first_existing(base, IMAGE_DIRS)
@@ -147,9 +157,9 @@ def read_records(base: Path, part: str, num_classes: int) -> list[F.Record]:
             raise FerlensError(f"No AffectNet image folder in {base}; put the images in "
                                f"{base / IMAGE_DIRS[0]} (the paths in the file lists are relative to it).")
         path = F.require_file(base / LIST_DIR / LIST_FILES[part], NAME, f"{LIST_DIR}/{LIST_FILES[part]}")
-        return read_file_list(path, image_root, num_classes)
+        return read_file_list(path, image_root, num_classes, dropped)
     if (base / NPY_DIRS[part]).is_dir():
-        return read_npy_set(base / NPY_DIRS[part], num_classes)
+        return read_npy_set(base / NPY_DIRS[part], num_classes, dropped)
     raise FerlensError(f"{base} holds neither {LIST_DIR}/{LIST_FILES[part]} nor {NPY_DIRS[part]}/annotations; "
                        "point the spec at the AffectNet root of either release.")
 
@@ -163,8 +173,9 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     seed = F.parse_int("seed", options.get("seed", "0"), lo=0)
     strict = F.parse_bool("strict", options.get("strict", "0"))
     base = F.require_root(root, "affectnet", f"{LIST_DIR}/ or train_set/ and val_set/")
-    records = read_records(base, "test" if split == "test" else "train", num_classes)
-    if split != "test":
+    dropped: dict[str, int] = {}
+    records = read_records(base, "test" if split == "test" else "train", num_classes, dropped)
+    if split != "test":  # the dropped counts are of the whole training list (train and val are carved from it)
         held = F.carve_split(np.asarray([r.label for r in records]), val_frac, seed)
         records = [r for r, h in zip(records, held) if h == (split == "val")]
-    return F.file_dataset(NAME, split, records, canonical(num_classes), ATTR_KINDS, strict)
+    return F.file_dataset(NAME, split, records, canonical(num_classes), ATTR_KINDS, strict, dropped)

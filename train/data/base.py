@@ -46,6 +46,7 @@ class FERDataset(Dataset):
     attr_kinds: dict[str, AttrKind]
     sample_ids: list[str]
     transform: Callable[[Image.Image], Any] | None = None
+    dropped: dict[str, int] = {}  # reason -> samples left out by the dataset's convention (never mutated)
 
     def load_image(self, index: int) -> Image.Image:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement load_image")

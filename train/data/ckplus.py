@@ -70,6 +70,21 @@ def landmark_box(path: Path) -> tuple[int, int, int, int] | None:
             int(round(cx + side / 2)), int(round(cy + side / 2)))
 
 
+def check_frames(frames: list[Path], emotion: Path) -> None:
+    """A labelled sequence holds frames 1..K without gaps, K being the peak frame its emotion file names
+    (``S005_001_00000011_emotion.txt`` -> 11 frames); a missing frame raises naming the folder."""
+    try:
+        peak = int(emotion.name.split("_")[2])
+        numbers = sorted(int(p.stem.split("_")[2]) for p in frames)
+    except (IndexError, ValueError):
+        return  # non-standard names: nothing to check against
+    missing = sorted(set(range(1, peak + 1)) - set(numbers))
+    if missing:
+        shown = ", ".join(str(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FerlensError(f"{frames[0].parent} is missing frame(s) {shown} of the {peak} that {emotion.name} "
+                           "labels; restore the sequence from the distribution or remove its emotion file.")
+
+
 def assign_folds(subjects: list[str], folds: int, seed: int) -> dict[str, int]:
     """Subject -> fold, by dealing a seeded permutation of the sorted subjects round-robin."""
     order = np.random.default_rng(seed).permutation(len(subjects))
@@ -138,6 +153,7 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     fold_of = assign_folds(subjects, folds, seed)
 
     records: list[F.Record] = []
+    dropped: dict[str, int] = {}
     for emo in labelled:
         subject, seq = emo.parent.parent.name, emo.parent.name
         if split_of(fold_of[subject], fold, folds) != split:
@@ -146,6 +162,11 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
         if not frames:
             raise FerlensError(f"{images / subject / seq} holds no frames for {emo.name}; restore the "
                                "sequence or remove its emotion file.")
-        records += sequence_records(frames, read_emotion(emo), subject, peak, neutral, names,
+        check_frames(frames, emo)
+        code = read_emotion(emo)
+        if CK_LABELS[code] not in names:
+            dropped["contempt peak frames (classes=7)"] = dropped.get("contempt peak frames (classes=7)", 0) + \
+                min(peak, len(frames))
+        records += sequence_records(frames, code, subject, peak, neutral, names,
                                     landmarks if crop == "landmarks" else None)
-    return F.file_dataset(NAME, split, records, names, {"subject": "categorical"}, strict)
+    return F.file_dataset(NAME, split, records, names, {"subject": "categorical"}, strict, dropped)

@@ -43,6 +43,8 @@ VOTES_CSV = "fer2013new.csv"
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF")
 N_EMOTIONS = 8  # the first 8 vote columns are emotions; unknown and NF follow
+DROP_NO_WINNER = "winner unknown/NF or no majority (mode's rule)"
+DROP_CONTEMPT = "contempt only (classes=7)"
 MODES = ("majority", "probability", "plurality")
 OPTIONS = ("mode", "classes", "strict")
 FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
@@ -158,7 +160,7 @@ def read_votes(path: Path) -> list[tuple[int, str, str, np.ndarray]]:
 def load_folders(folder: Path, split: str, mode: str, num_classes: int, strict: bool) -> FERDataset:
     """One split of the ``generate_training_data.py`` layout (PNG folder + header-less label.csv)."""
     label_csv = F.require_file(folder / "label.csv", NAME, f"{folder.name}/label.csv")
-    records = []
+    records, dropped = [], {}
     with open(label_csv, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         for row in reader:
@@ -172,11 +174,15 @@ def load_folders(folder: Path, split: str, mode: str, num_classes: int, strict: 
                 raise FerlensError(f"{label_csv} line {reader.line_num} does not hold an image name, a box and "
                                    "10 vote counts; regenerate it with FERPlus' generate_training_data.py.")
             dist = RULES[mode](votes)
+            why = DROP_NO_WINNER if dist is None else None
             dist = to_canonical(dist, num_classes) if dist is not None else None
-            if dist is not None:
+            if dist is None:
+                why = why or DROP_CONTEMPT
+                dropped[why] = dropped.get(why, 0) + 1
+            else:
                 records.append(F.Record(str(folder / row[0]), int(np.argmax(dist)), {}, Path(row[0]).stem,
                                         soft=dist.astype(np.float32) if mode == "probability" else None))
-    return F.file_dataset(NAME, split, records, canonical(num_classes), {}, strict)
+    return F.file_dataset(NAME, split, records, canonical(num_classes), {}, strict, dropped)
 
 
 def load(root: str | None, split: str, **options: str) -> FERDataset:
@@ -195,7 +201,7 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     pixels_path = find_pixels_csv(base)
     rule = RULES[mode]
 
-    pixels, labels, soft, ids, skipped, total = [], [], [], [], [], 0
+    pixels, labels, soft, ids, skipped, total, dropped = [], [], [], [], [], 0, {}
     n_pixel_rows = 0
     for i, lineno, row in read_rows(pixels_path):
         n_pixel_rows += 1
@@ -208,8 +214,11 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
         if USAGE_SPLIT[usage] != split or not image_name:
             continue
         dist = rule(votes)
+        why = DROP_NO_WINNER if dist is None else None
         dist = to_canonical(dist, num_classes) if dist is not None else None
         if dist is None:
+            why = why or DROP_CONTEMPT
+            dropped[why] = dropped.get(why, 0) + 1
             continue
         total += 1
         why = check_pixels(row["pixels"])
@@ -224,6 +233,9 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
         raise FerlensError(f"{votes_path} has {len(vote_rows)} rows but {pixels_path} has {n_pixel_rows}; "
                            "FERPlus rows must align one-to-one with the original fer2013.csv.")
     F.report_skipped(NAME, split, skipped, total, strict)
+    F.report_dropped(NAME, split, dropped, total + sum(dropped.values()))
     soft_labels = np.asarray(soft, dtype=np.float32).reshape(-1, num_classes) if mode == "probability" else None
-    return PixelDataset(pixels, np.asarray(labels, dtype=np.int64), canonical(num_classes), ids,
-                        soft_labels=soft_labels, skipped=skipped)
+    ds = PixelDataset(pixels, np.asarray(labels, dtype=np.int64), canonical(num_classes), ids,
+                      soft_labels=soft_labels, skipped=skipped)
+    ds.dropped = dropped
+    return ds

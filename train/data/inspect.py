@@ -138,18 +138,22 @@ def check(spec: str, strict: bool = False) -> dict[str, Any]:
                 (missing if why == "missing" else corrupt).append({"path": _where(ds, i), "problem": why})
         listed = len(ds) + len(getattr(ds, "skipped", []))
         bad = len(missing) + len(corrupt)
-        splits[split] = {"n_listed": listed, "n_ok": listed - bad, "missing": missing, "corrupt": corrupt}
+        splits[split] = {"n_listed": listed, "n_ok": listed - bad, "missing": missing, "corrupt": corrupt,
+                         "dropped": dict(getattr(ds, "dropped", {}) or {})}
         n_checked += listed
         n_bad += bad
     report = {"spec": spec, "ok": n_bad == 0 and not errors, "n_checked": n_checked, "n_bad": n_bad,
               "splits": splits}
-    if strict and n_bad:
+    if strict and (n_bad or errors):
         raise FerlensError(problem_sentence(report))
     return report
 
 
 def problem_sentence(report: dict[str, Any]) -> str:
     """One sentence summarising a ``check`` report's bad files (names the first few)."""
+    errors = [f"{name}: {s['error']}" for name, s in report["splits"].items() if "error" in s]
+    if errors and not report["n_bad"]:
+        return f"'{report['spec']}' has a split that does not load ({errors[0].rstrip('.')}); fix that file."
     bad = [item["path"] for s in report["splits"].values() for key in ("missing", "corrupt")
            for item in s.get(key, [])]
     more = f" and {len(bad) - N_NAMED} more" if len(bad) > N_NAMED else ""
