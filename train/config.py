@@ -258,7 +258,12 @@ def set_value(values: dict[str, Any], key: str, raw: Any, source: str) -> None:
     if key not in types:
         raise FerlensError(f"Unknown config key '{key}' in {source}; see 'train fit --help' for the keys."
                            + close_matches(key, types))
-    value = coerce(key, raw, types[key])
+    try:
+        value = coerce(key, raw, types[key])
+    except FerlensError as e:
+        if source == "the command line":
+            raise
+        raise FerlensError(f"In {source}: {e}") from None
     if key in CHOICES and value not in CHOICES[key]:
         raise FerlensError(f"'{key}' must be one of {', '.join(CHOICES[key])}, got '{value}'."
                            + close_matches(str(value), CHOICES[key]))

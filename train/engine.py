@@ -744,10 +744,10 @@ def _fit_claimed(cfg: TrainConfig, info: DistInfo, run_dir: Path, claim) -> Path
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data)
     model = build_model(cfg, splits["train"].num_classes).to(info.device)
+    check_forward(model, cfg, info.device)                   # a wrong input size: one sentence, nothing trained
     precision = resolve_precision(cfg, model, splits["train"].num_classes, info)
     cfg = dataclasses.replace(cfg, amp=precision.amp)         # config.json keeps the resolved amp (resume)
     tune_for_device(model, cfg, info.device)
-    check_forward(model, cfg, info.device)
     set_transforms(splits, model, cfg)
     config = {**run_config(cfg, model, splits["train"]), "precision": precision.as_dict()}
     seed_everything(cfg.seed + info.rank)                    # per-rank augmentation streams

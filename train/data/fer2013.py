@@ -38,7 +38,8 @@ class PixelDataset(FERDataset):
     """Images stored as FER2013 pixel strings; decoded to 48x48 grey -> RGB on access."""
 
     def __init__(self, pixels: list[str], labels: np.ndarray, label_names: list[str], sample_ids: list[str],
-                 soft_labels: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None):
+                 soft_labels: np.ndarray | None = None, skipped: list[tuple[str, str]] | None = None,
+                 locations: list[str] | None = None):
         self.pixels = pixels
         self.labels = np.asarray(labels, dtype=np.int64)
         self.soft_labels = soft_labels
@@ -47,6 +48,11 @@ class PixelDataset(FERDataset):
         self.attrs = [{} for _ in sample_ids]
         self.attr_kinds = {}
         self.skipped = skipped or []
+        self.locations = locations  # "fer2013.csv line N" of each sample (messages, train data check)
+
+    def image_path(self, index: int) -> str:
+        """Where image ``index`` lives: its CSV line (or its sample id)."""
+        return self.locations[index] if self.locations else self.sample_ids[index]
 
     def read_image(self, index: int) -> Image.Image:
         """Decode image ``index``; a bad pixel field raises ValueError."""
@@ -57,8 +63,8 @@ class PixelDataset(FERDataset):
         try:
             return decode_pixels(self.pixels[index])
         except ValueError as e:
-            raise FerlensError(f"FER2013 image {self.sample_ids[index]} {e}; restore fer2013.csv from the "
-                               "distribution.") from None
+            raise FerlensError(f"FER2013 image {self.sample_ids[index]} ({self.image_path(index)}) {e}; restore "
+                               "fer2013.csv from the distribution.") from None
 
 
 def decode_pixels(text: str) -> Image.Image:
@@ -110,7 +116,7 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     strict = F.parse_bool("strict", options.get("strict", "0"))
     names = canonical(7)
     path = csv_path(root)
-    pixels, labels, ids, skipped, total = [], [], [], [], 0
+    pixels, labels, ids, skipped, total, where = [], [], [], [], 0, []
     for i, lineno, row in read_rows(path):
         if USAGE_SPLIT.get(row["Usage"]) is None:
             raise FerlensError(f"{path} line {lineno} has Usage '{row['Usage']}'; use Training, PublicTest "
@@ -130,5 +136,6 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
         pixels.append(row["pixels"])
         labels.append(names.index(FER_LABELS[int(code)]))
         ids.append(sid)
+        where.append(f"{path.name} line {lineno}")
     F.report_skipped(NAME, split, skipped, total, strict)
-    return PixelDataset(pixels, np.asarray(labels, dtype=np.int64), names, ids, skipped=skipped)
+    return PixelDataset(pixels, np.asarray(labels, dtype=np.int64), names, ids, skipped=skipped, locations=where)

@@ -201,7 +201,7 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     pixels_path = find_pixels_csv(base)
     rule = RULES[mode]
 
-    pixels, labels, soft, ids, skipped, total, dropped = [], [], [], [], [], 0, {}
+    pixels, labels, soft, ids, skipped, total, dropped, where = [], [], [], [], [], 0, {}, []
     n_pixel_rows = 0
     for i, lineno, row in read_rows(pixels_path):
         n_pixel_rows += 1
@@ -229,6 +229,7 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
         soft.append(dist)
         labels.append(int(np.argmax(dist)))
         ids.append(Path(image_name).stem)
+        where.append(f"{pixels_path.name} line {lineno}")
     if n_pixel_rows != len(vote_rows):
         raise FerlensError(f"{votes_path} has {len(vote_rows)} rows but {pixels_path} has {n_pixel_rows}; "
                            "FERPlus rows must align one-to-one with the original fer2013.csv.")
@@ -236,6 +237,6 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     F.report_dropped(NAME, split, dropped, total + sum(dropped.values()))
     soft_labels = np.asarray(soft, dtype=np.float32).reshape(-1, num_classes) if mode == "probability" else None
     ds = PixelDataset(pixels, np.asarray(labels, dtype=np.int64), canonical(num_classes), ids,
-                      soft_labels=soft_labels, skipped=skipped)
+                      soft_labels=soft_labels, skipped=skipped, locations=where)
     ds.dropped = dropped
     return ds

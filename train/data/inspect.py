@@ -37,6 +37,9 @@ def _load_splits(spec: str, **override: str) -> tuple[dict[str, FERDataset], dic
                 if override:
                     ds = loader(parsed.root, split, **options)
                     ds.spec, ds.split = parsed.text, split
+                    if len(ds) == 0 and not getattr(ds, "skipped", None):
+                        raise FerlensError(f"The {split} split of '{spec}' is empty; check the path and the "
+                                           "split files.")
                 else:
                     ds = load_dataset(spec, split)
             loaded[split] = ds
@@ -151,9 +154,9 @@ def check(spec: str, strict: bool = False) -> dict[str, Any]:
 
 def problem_sentence(report: dict[str, Any]) -> str:
     """One sentence summarising a ``check`` report's bad files (names the first few)."""
-    errors = [f"{name}: {s['error']}" for name, s in report["splits"].items() if "error" in s]
+    errors = [s["error"] for s in report["splits"].values() if "error" in s]
     if errors and not report["n_bad"]:
-        return f"'{report['spec']}' has a split that does not load ({errors[0].rstrip('.')}); fix that file."
+        return errors[0]  # already one sentence naming the file and the fix
     bad = [item["path"] for s in report["splits"].values() for key in ("missing", "corrupt")
            for item in s.get(key, [])]
     more = f" and {len(bad) - N_NAMED} more" if len(bad) > N_NAMED else ""
