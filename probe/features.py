@@ -35,6 +35,9 @@ import numpy as np
 from train.errors import FerlensError, close_matches
 from train.io import atomic_write_json, read_json
 
+# Test hook: FERLENS_DEBUG_KILL_AT_SAMPLE=N SIGKILLs the extraction once N samples of this rank are on disk.
+DEBUG_KILL_ENV = "FERLENS_DEBUG_KILL_AT_SAMPLE"
+
 FEATURES_VERSION = 1
 READOUTS = ("cls", "patch", "patch_max")  # stored per layer; "stem" and "patch@r,c" are derived
 _PATCH_AT = re.compile(r"^patch@(\d+),(\d+)$")
@@ -645,6 +648,10 @@ def extract_to_disk(run: str | os.PathLike, spec: str | None = None, split: str 
         for arr in arrays.values():
             arr.flush()
         atomic_write_json(folder / f"progress.rank{rank}.json", {"done": done + offset + len(rows)})
+        if os.environ.get(DEBUG_KILL_ENV) == str(done + offset + len(rows)):  # test hook (crash safety)
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
     _barrier(world)
     if rank == 0 and all(_rank_done(folder, r) >= len(range(r, n, world)) for r in range(world)):
         _finalize(folder, arrays, dataset, layout, config, run_dir, spec, split, fp, readouts, patch_tokens)

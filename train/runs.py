@@ -96,6 +96,9 @@ class RunClaim:
         """
         if self.published:
             return self.final
+        if not self.path.is_dir():
+            raise FerlensError(f"The staging folder {self.path} of run {self.final.name} was abandoned or removed; "
+                               "start the run again.")
         old = None
         if self.final.exists():
             if not self._overwrite:  # only reachable if someone created it behind the lock's back
