@@ -206,8 +206,7 @@ def check_forward(model: nn.Module, cfg: TrainConfig, device: torch.device) -> N
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         default = getattr(model, "default_cfg", {}).get("input_size", (3, "its default"))[-1]
         raise FerlensError(f"The model {cfg.model} cannot take {size}x{size} images ({type(e).__name__}: {first}); "
-                           f"pass --img_size {default} (its default), or a size the model is built for "
-                           f"(timm ViTs: --model_kwargs.img_size {size}).") from None
+                           f"pass --img_size {default} (its default) or another size the model is built for.") from None
     finally:
         model.train(was_training)
 

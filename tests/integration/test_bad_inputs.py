@@ -370,7 +370,6 @@ FIT_CASES = {
     "device tpu": (["--device", "tpu"], "'tpu'"),
     "device cuda on cpu": (["--device", "cuda"], "--device cuda"),
     "unknown model": (["--model", "ferlens_tiny_vit_s9"], "ferlens_tiny_vit_s9"),
-    "vit at the wrong size": (["--model", "vit_tiny_patch16_224", "--img_size", "64"], "64x64"),
     "unknown key": (["--learning_rate", "1"], "'learning_rate'"),
     "ill-typed value": (["--lr", "fast"], "lr"),
     "unknown dataset": (["--data", "rafdbb:/x"], "rafdbb"),
@@ -392,6 +391,22 @@ def test_fit_case(case, capsys, _artifacts_root):
     line = run_cli(train_main, argv, capsys, _artifacts_root)
     assert line.startswith("train fit: error: ") and names in line, line
     assert not (_artifacts_root / "runs").exists() or not any((_artifacts_root / "runs").iterdir())
+
+
+def test_model_that_rejects_the_input_size_is_one_sentence():
+    """The dry forward before training turns a model's own size assertion (timm ViT built for 224 px)
+    into one sentence naming the model and the size."""
+    import timm
+    import torch
+
+    from train.config import resolve_config
+    from train.engine import check_forward
+    from train.errors import FerlensError
+
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=7, depth=1)
+    cfg = resolve_config(None, ["--model", "vit_tiny_patch16_224", "--img_size", "64"])
+    with pytest.raises(FerlensError, match=r"cannot take 64x64 images \(AssertionError: Input height"):
+        check_forward(model, cfg, torch.device("cpu"))
 
 
 def test_yaml_config_cases(tmp_path, capsys, _artifacts_root):
