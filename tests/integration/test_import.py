@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,35 @@ from train.cli import main
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 DATA = "synthfer:size=64,n=70"
-HOOKS = ["--hook-map", "blocks=layers", "tokens=embed", "stem.stage3=cnn.layer3"]
 INPUT = ["--img_size", "64", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+
+# The README section "Analyse a model you trained elsewhere" shows exactly these commands (checked below).
+MAKE_CKPT = "python tests/fixtures/ext_irvit.py best.pth"
+IMPORT_EXT = ("train import --model ext_irvit:ir_vit --weights best.pth "
+              "--hook-map blocks=layers tokens=embed stem.stage3=cnn.layer3 "
+              "--data synthfer:size=64,n=70 --run_name ext_irvit --img_size 64 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 "
+              "--eval")
+IMPORT_RENAMED = ("train import --model ext_irvit:ir_vit --weights renamed.pth --key-map '^backbone\\.=cnn.' "
+                  "--data synthfer:size=64,n=70 --run_name ext_renamed --img_size 64 --mean 0.5 --std 0.5")
+IMPORT_DEIT = ("train import --model deit_tiny_distilled_patch16_224 --model_kwargs.depth 1 --weights deit.pth "
+               "--img_size 64 --data synthfer:size=64,n=70 --run_name deit")
+IMPORT_CAIT = ("train import --model cait_xxs24_224 --model_kwargs.depth 1 --model_kwargs.depth_token_only 1 "
+               "--weights cait.safetensors --img_size 64 --data synthfer:size=64,n=70 --run_name cait")
+FIT_EXT = ("train fit --model ext_irvit:ir_vit --model_kwargs.depth 1 --hook-map blocks=layers tokens=embed "
+           "--data synthfer:size=32,n=70 --img_size 32 --epochs 1 --batch_size 16 --warmup_epochs 0 "
+           "--run_name ext_fit")
+FIT_VIT = ("train fit --model vit_tiny_patch16_224 --model_kwargs.depth 1 --img_size 32 "
+           "--data synthfer:size=32,n=70 --epochs 1 --batch_size 16 --warmup_epochs 0 --run_name vit32")
+README_COMMANDS = [MAKE_CKPT, IMPORT_EXT, IMPORT_RENAMED, IMPORT_DEIT, IMPORT_CAIT, FIT_EXT, FIT_VIT]
+
+
+def _argv(command: str) -> list[str]:
+    """A README command line as the argv of ``train.cli.main``."""
+    return shlex.split(command)[1:]
+
+
+def _runs() -> Path:
+    return Path(os.environ["FERLENS_ARTIFACTS"]) / "runs"
 
 
 @pytest.fixture
@@ -38,21 +66,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _original(ext_irvit, seed: int = 1):
-    """The external model as its own code leaves it: trained weights and BatchNorm statistics (here random)."""
-    torch.manual_seed(seed)
-    model = ext_irvit.ir_vit()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+def _original(ext_irvit):
+    return ext_irvit.trained()
 
 
 def _save_dataparallel(model, path: Path) -> Path:
-    """What `torch.save({'state_dict': nn.DataParallel(model).state_dict(), ...})` training scripts write."""
-    torch.save({"epoch": 30, "best_acc": 0.91, "state_dict": nn.DataParallel(model).state_dict(),
-                "optimizer": {"lr": 3.5e-5}}, path)
+    import ext_irvit
+
+    ext_irvit.save_dataparallel(model, str(path))
     return path
 
 
@@ -64,18 +85,18 @@ def _max_diff(a: nn.Module, b: nn.Module, size: int = 64) -> float:
 
 @pytest.mark.slow
 def test_external_checkpoint_through_the_cli(tmp_path, on_path):
-    """A subprocess, as a user runs it: the module comes from PYTHONPATH, the run folder rebuilds the same logits."""
+    """As a user runs it (subprocesses, the module from PYTHONPATH): the run folder rebuilds the same logits."""
     from train.runs import load_run
 
-    original = _original(on_path)
-    ckpt = _save_dataparallel(original, tmp_path / "best.pth")
-    out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "train", "import", "--model", "ext_irvit:ir_vit", "--weights", str(ckpt), *HOOKS,
-           "--data", DATA, "--run_name", "ext_irvit", *INPUT, "--eval", "--bootstrap", "50", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "tests").symlink_to(REPO / "tests")     # the README's commands run from a clone's root
+    for command in (MAKE_CKPT, IMPORT_EXT):
+        argv = [sys.executable, *shlex.split(command)[1:]] if command.startswith("python") else \
+            [sys.executable, "-m", *shlex.split(command)]
+        proc = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
     assert "unwrapped state_dict, module." in proc.stdout and "max |difference| 0.0e+00" in proc.stdout
-    run = out / "ext_irvit"
+    assert "note:" not in proc.stdout                   # the hook map tells the adapter where the tokens are
+    run = _runs() / "ext_irvit"
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["name"] == "ext_irvit:ir_vit" and cfg["model"]["kwargs"] == {"img_size": 64}
@@ -87,28 +108,28 @@ def test_external_checkpoint_through_the_cli(tmp_path, on_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n"] == sum(map(sum, metrics["confusion_matrix"]))
     model, config = load_run(run)
-    assert _max_diff(model, original) <= 1e-5
+    assert _max_diff(model, on_path.trained()) <= 1e-5
     assert model.ferlens_hook_map == cfg["model"]["hook_map"]
     assert model.pretrained_cfg["input_size"] == (3, 64, 64)
-    assert not list(out.glob(".*"))                     # no staging folder or lock left
+    assert not [p.name for p in _runs().iterdir() if p.name.startswith(".")]   # no staging folder or lock left
 
 
-def test_key_map_renames_and_mismatch_is_one_sentence(tmp_path, on_path, capsys):
+def test_key_map_renames_and_mismatch_is_one_sentence(tmp_path, on_path, capsys, monkeypatch):
     from train.runs import load_run
 
+    monkeypatch.chdir(tmp_path)
     original = _original(on_path)
     state = {k.replace("cnn.", "backbone.", 1): v for k, v in original.state_dict().items()}
-    ckpt = tmp_path / "renamed.pth"
-    torch.save({"model": state}, ckpt)
-    base = ["import", "--model", "ext_irvit:ir_vit", "--weights", str(ckpt), "--data", DATA, *INPUT]
-    assert main(base + ["--run_name", "bad"]) == 2
+    torch.save({"model": state}, tmp_path / "renamed.pth")
+    without = [a for a in _argv(IMPORT_RENAMED) if a not in ("--key-map", r"^backbone\.=cnn.")]
+    assert main(without) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.endswith(".")
     assert "missing (cnn.input_layer.0.weight" in err and "unexpected (backbone.input_layer.0.weight" in err
-    assert "--key-map '^backbone\\.=cnn.'" in err
-    assert not (Path(os.environ["FERLENS_ARTIFACTS"]) / "runs" / "bad").exists()
-    assert main(base + ["--run_name", "good", "--key-map", r"^backbone\.=cnn."]) == 0
-    model, cfg = load_run("good")
+    assert "--key-map '^backbone\\.=cnn.'" in err       # the fix, spelled as the README's command spells it
+    assert not (_runs() / "ext_renamed").exists()
+    assert main(_argv(IMPORT_RENAMED)) == 0
+    model, cfg = load_run("ext_renamed")
     assert cfg["import"]["key_map"] == [r"^backbone\.=cnn."] and cfg["import"]["unwrapped"] == ["model"]
     assert _max_diff(model, original) <= 1e-5
 
@@ -155,35 +176,31 @@ def test_external_model_needs_its_input_stats(on_path, capsys):
     assert "does not say its input mean, std" in err and "--mean" in err
 
 
-@pytest.mark.parametrize("name, kwargs, fmt, prefix", [
-    ("deit_tiny_distilled_patch16_224", {"depth": 1}, "pth", 2),           # DeiT checkpoints: {"model": state}
-    ("cait_xxs24_224", {"depth": 1, "depth_token_only": 1}, "safetensors", 1),
+@pytest.mark.parametrize("command, kwargs, prefix", [
+    (IMPORT_DEIT, {"depth": 1}, 2),                             # DeiT's own checkpoints: {"model": state}
+    (IMPORT_CAIT, {"depth": 1, "depth_token_only": 1}, 1),
 ])
-def test_timm_deit_and_cait_import_at_64px(tmp_path, name, kwargs, fmt, prefix):
+def test_timm_deit_and_cait_import_at_64px(tmp_path, monkeypatch, command, kwargs, prefix):
     import timm
     from safetensors.torch import save_file
 
     from train.runs import load_run
 
+    monkeypatch.chdir(tmp_path)
+    argv = _argv(command)
+    name, weights, run = (argv[argv.index(f) + 1] for f in ("--model", "--weights", "--run_name"))
     torch.manual_seed(3)
     original = timm.create_model(name, img_size=64, num_classes=7, **kwargs).eval()
-    path = tmp_path / f"w.{fmt}"
-    if fmt == "pth":
-        torch.save({"model": original.state_dict(), "epoch": 299}, path)
+    if weights.endswith(".pth"):
+        torch.save({"model": original.state_dict(), "epoch": 299}, weights)
     else:
-        save_file({k: v.contiguous() for k, v in original.state_dict().items()}, path)
-    kw = [t for k, v in kwargs.items() for t in (f"--model_kwargs.{k}", str(v))]
-    assert main(["import", "--model", name, *kw, "--weights", str(path), "--img_size", "64", "--data", DATA,
-                 "--run_name", name]) == 0
-    model, cfg = load_run(name)
+        save_file({k: v.contiguous() for k, v in original.state_dict().items()}, weights)
+    assert main(argv) == 0
+    model, cfg = load_run(run)
     assert _max_diff(model, original) <= 1e-5
     assert cfg["model"]["kwargs"] == {**kwargs, "img_size": 64}
     assert cfg["input"]["img_size"] == 64 and cfg["input"]["mean"] == [float(m) for m in original.pretrained_cfg["mean"]]
     assert model.pretrained_cfg["input_size"] == (3, 64, 64) and model.num_prefix_tokens == prefix
-
-
-FIT = ["--data", "synthfer:size=32,n=70", "--img_size", "32", "--epochs", "1", "--batch_size", "16",
-       "--eval_batch_size", "64", "--bootstrap", "20", "--warmup_epochs", "0", "--threads", "1"]
 
 
 @pytest.mark.slow
@@ -191,26 +208,33 @@ def test_fit_external_module_function(tmp_path, on_path):
     """`train fit --model ext_irvit:ir_vit` from a subprocess (PYTHONPATH), one tiny epoch; load_run rebuilds it."""
     from train.runs import load_run
 
-    cmd = [sys.executable, "-m", "train", "fit", "--model", "ext_irvit:ir_vit", "--model_kwargs.depth", "1", *FIT,
-           "--hook-map", "blocks=layers", "tokens=embed", "--run_name", "extfit", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", *shlex.split(FIT_EXT), "--threads", "1", "--bootstrap", "20"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    cfg = json.loads((tmp_path / "extfit" / "config.json").read_text())
+    cfg = json.loads((_runs() / "ext_fit" / "config.json").read_text())
     assert cfg["model"]["name"] == "ext_irvit:ir_vit"
     assert cfg["model"]["kwargs"] == {"depth": 1, "img_size": 32}          # --img_size reached the factory
     assert cfg["model"]["hook_map"] == {"blocks": "layers", "tokens": "embed"}
     assert cfg["input"]["img_size"] == 32
-    model, _ = load_run(tmp_path / "extfit")
+    model, _ = load_run("ext_fit")
     assert len(model.layers) == 1 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
 
 
 @pytest.mark.slow
-def test_fit_timm_vit_with_img_size_only(tmp_path):
-    """`--img_size 64` alone reaches a timm ViT (before: an assertion traceback unless --model_kwargs.img_size)."""
+def test_fit_timm_vit_with_img_size_only():
+    """`--img_size` alone reaches a timm ViT (before: an assertion traceback unless --model_kwargs.img_size)."""
     from train.runs import load_run
 
-    assert main(["fit", "--model", "vit_tiny_patch16_224", "--model_kwargs.depth", "1", *FIT,
-                 "--run_name", "vit", "--out", str(tmp_path)]) == 0
-    model, cfg = load_run(tmp_path / "vit")
+    assert main(_argv(FIT_VIT) + ["--threads", "1", "--bootstrap", "20"]) == 0
+    model, cfg = load_run("vit32")
     assert cfg["model"]["kwargs"] == {"depth": 1, "img_size": 32} and cfg["input"]["img_size"] == 32
     assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.patch_embed.grid_size == (2, 2)
+
+
+def test_readme_shows_these_commands():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Analyse a model you trained elsewhere"):]
+    section = section[:section.index("\n## ", 5)]
+    flat = " ".join(section.replace("\\\n", " ").split())
+    for command in README_COMMANDS:
+        assert command in flat, command
