@@ -202,9 +202,12 @@ def probe_note(model) -> str | None:
     from .models.adapters import model_spec
 
     try:
-        model_spec(model)
+        spec = model_spec(model)
     except FerlensError as e:
         return str(e)
+    if not spec.token_layers:
+        return (f"ferlens finds no token layers in {type(model).__name__}; import it again with --hook-map "
+                "NAME=MODULE_PATH (e.g. blocks=layers tokens=embed stem.stage3=cnn.layer3) to probe its tokens.")
     return None
 
 

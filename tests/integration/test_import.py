@@ -25,7 +25,7 @@ INPUT = ["--img_size", "64", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
 MAKE_CKPT = "python tests/fixtures/ext_irvit.py best.pth"
 IMPORT_EXT = ("train import --model ext_irvit:ir_vit --weights best.pth "
               "--hook-map blocks=layers tokens=embed stem.stage3=cnn.layer3 "
-              "--data synthfer:size=64,n=70 --run_name ext_irvit --img_size 64 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 "
+              "--data synthfer:size=64,n=300 --run_name ext_irvit --img_size 64 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 "
               "--eval")
 IMPORT_RENAMED = ("train import --model ext_irvit:ir_vit --weights renamed.pth --key-map '^backbone\\.=cnn.' "
                   "--data synthfer:size=64,n=70 --run_name ext_renamed --img_size 64 --mean 0.5 --std 0.5")
@@ -38,7 +38,11 @@ FIT_EXT = ("train fit --model ext_irvit:ir_vit --model_kwargs.depth 1 --hook-map
            "--run_name ext_fit")
 FIT_VIT = ("train fit --model vit_tiny_patch16_224 --model_kwargs.depth 1 --img_size 32 "
            "--data synthfer:size=32,n=70 --epochs 1 --batch_size 16 --warmup_epochs 0 --run_name vit32")
-README_COMMANDS = [MAKE_CKPT, IMPORT_EXT, IMPORT_RENAMED, IMPORT_DEIT, IMPORT_CAIT, FIT_EXT, FIT_VIT]
+PROBES = ["probe extract --run ext_irvit --split test --patch-tokens",
+          "probe linear --run ext_irvit --tokens cls,patch --targets expression,background --cv 2 --seeds 1",
+          "probe rollout --run ext_irvit --n 8",
+          "probe report --runs ext_irvit --out artifacts/reports/ext_irvit"]
+README_COMMANDS = [MAKE_CKPT, IMPORT_EXT, IMPORT_RENAMED, IMPORT_DEIT, IMPORT_CAIT, FIT_EXT, FIT_VIT, *PROBES]
 
 
 def _argv(command: str) -> list[str]:
@@ -129,6 +133,7 @@ def test_key_map_renames_and_mismatch_is_one_sentence(tmp_path, on_path, capsys,
     assert "--key-map '^backbone\\.=cnn.'" in err       # the fix, spelled as the README's command spells it
     assert not (_runs() / "ext_renamed").exists()
     assert main(_argv(IMPORT_RENAMED)) == 0
+    assert "note: ferlens finds no token layers in IRViT; import it again with --hook-map" in capsys.readouterr().out
     model, cfg = load_run("ext_renamed")
     assert cfg["import"]["key_map"] == [r"^backbone\.=cnn."] and cfg["import"]["unwrapped"] == ["model"]
     assert _max_diff(model, original) <= 1e-5
@@ -229,6 +234,66 @@ def test_fit_timm_vit_with_img_size_only():
     model, cfg = load_run("vit32")
     assert cfg["model"]["kwargs"] == {"depth": 1, "img_size": 32} and cfg["input"]["img_size"] == 32
     assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.patch_embed.grid_size == (2, 2)
+
+
+@pytest.mark.slow
+def test_imported_external_model_through_probe_commands(tmp_path, on_path, monkeypatch, capsys):
+    """The external-model row of the model matrix: the imported hybrid, found through its --hook-map, goes through
+    probe extract / linear / rollout / report with the numbers checked against a manual reading of its tokens."""
+    import csv
+
+    import numpy as np
+
+    from probe.cache import run_with_cache
+    from probe.cli import main as probe_main
+    from probe.features import load_features
+    from probe.rollout import rollout_matrix
+    from train.data import load_dataset
+    from train.engine import make_eval_transform
+    from train.models.adapters import model_spec
+    from train.runs import load_run
+
+    monkeypatch.chdir(tmp_path)
+    on_path.save_dataparallel(on_path.trained(), "best.pth")
+    assert main(_argv(IMPORT_EXT)) == 0
+    extract, linear, rollout, report = (_argv(c) for c in PROBES)
+    assert probe_main(extract) == 0
+    model, config = load_run("ext_irvit")
+    spec = model_spec(model)
+    assert spec.family == "hook-map" and spec.num_prefix_tokens == 1     # the CLS inside its `embed` module
+    assert spec.token_layers == ("tokens", "blocks.0", "blocks.1")
+    fs = load_features(_runs() / "ext_irvit")
+    assert fs.layers == ["tokens", "blocks.0", "blocks.1"] and fs.patch_tokens.shape[2] == 64
+    assert fs.grid_size == (8, 8)                                 # 65 tokens = CLS + an 8x8 grid
+    ds = load_dataset(config["data"]["spec"], "test", transform=make_eval_transform(config))
+    x = torch.stack([ds[i][0] for i in range(4)])
+    cache = run_with_cache(model, x, names=["blocks.1", "blocks.0.attn", "blocks.1.attn", "stem.stage3"])
+    with torch.no_grad():  # the model's own code: tokens after its second timm Block
+        t = model.embed(model.cnn(x))
+        own = model.layers[1](model.layers[0](t))
+    np.testing.assert_allclose(cache["blocks.1"].numpy(), own.numpy(), atol=1e-5)
+    np.testing.assert_allclose(fs.readout("patch", "blocks.1")[:4], own[:, 1:].mean(1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(fs.readout("cls", "blocks.1")[:4], own[:, 0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(fs.stem[:4], cache["stem.stage3"].mean((2, 3)).numpy(), atol=1e-5)
+    attns = [cache["blocks.0.attn"], cache["blocks.1.attn"]]
+    assert attns[0].shape == (4, 2, 65, 65)                      # post-softmax probabilities of timm Attention
+    assert torch.allclose(attns[0].sum(-1), torch.ones(4, 2, 65), atol=1e-5)
+    r = rollout_matrix(attns, num_prefix=1)
+    assert torch.allclose(r.sum(-1), torch.ones(4, 65), atol=1e-5)   # rollout rows sum to 1
+    assert probe_main(linear) == 0
+    rows = json.loads((_runs() / "ext_irvit" / "probes" / "linear.json").read_text())
+    assert {(r["layer"], r["tokens"]) for r in rows} >= {(l, k) for l in fs.layers for k in ("cls", "patch")}
+    assert all(0.0 <= r["metric"]["accuracy"] <= 1.0 and 0 < r["chance"] < 1 for r in rows)
+    assert probe_main(rollout) == 0
+    with open(_runs() / "ext_irvit" / "explain" / "attribution_metrics.csv", newline="") as f:
+        metrics = {r["method"]: r for r in csv.DictReader(f)}
+    assert {"rollout", "cls_attention"} <= set(metrics)
+    for r in metrics.values():
+        assert r["n"] == "8" and all(0.0 <= float(r[k]) <= 1.0 for k in ("deletion_auc", "insertion_auc", "part_mass"))
+    assert probe_main(report) == 0
+    md = (tmp_path / "artifacts" / "reports" / "ext_irvit" / "report.md").read_text()
+    assert "ext_irvit" in md
+    capsys.readouterr()
 
 
 def test_readme_shows_these_commands():

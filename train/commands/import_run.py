@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
           + (f", hook map {cfg['model']['hook_map']}" if cfg["model"].get("hook_map") else ""))
     print(f"load_run rebuilds the same logits (max |difference| {result.max_abs_diff:.1e})")
     if result.probe_note:
-        print(f"note: probe commands cannot read this model's tokens yet: {result.probe_note}")
+        print(f"note: {result.probe_note}")
     if result.metrics is not None:
         print(summary(result.metrics))
         print(f"wrote {result.run_dir / 'metrics.json'}")

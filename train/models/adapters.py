@@ -215,7 +215,8 @@ class ModelSpec:
         side = math.isqrt(num_patches)
         if side * side != num_patches:
             raise FerlensError(f"{num_patches} patch tokens do not form a square grid and the model names no "
-                               "grid_size; give the model a grid_size attribute (H, W).")
+                               "grid_size; give the model a grid_size attribute (H, W), or a num_prefix_tokens "
+                               "attribute if its sequence starts with tokens that are not patches.")
         return side, side
 
     def patch_grid(self, t: Tensor, name: str) -> Tensor:
@@ -467,6 +468,22 @@ def _cait(model: nn.Module) -> ModelSpec:
                    cascade=("head", *reversed(klass), *reversed(blocks), "patch_embed"))
 
 
+def _prefix_tokens(model: nn.Module, embed: nn.Module) -> int:
+    """Prefix tokens of a hook-mapped model: its ``num_prefix_tokens``, else the timm-style token parameters
+    (``cls_token``, ``dist_token``: one each; ``reg_token``: (1, R, D)) on the model or on the module that
+    makes the token sequence (the ``tokens`` entry, e.g. an ``embed`` that prepends the CLS)."""
+    for owner in (model, embed):
+        n = getattr(owner, "num_prefix_tokens", None)
+        if isinstance(n, int):
+            return n
+    for owner in (model, embed):
+        found = {a: getattr(owner, a) for a in ("cls_token", "dist_token", "reg_token")
+                 if isinstance(getattr(owner, a, None), torch.Tensor)}
+        if found:
+            return sum(t.shape[-2] if t.dim() == 3 else 1 for t in found.values())
+    return 0
+
+
 def _hook_map(model: nn.Module, mapping: Mapping[str, str]) -> ModelSpec:
     """Any model: ``{NAME: MODULE_PATH}``; ``blocks`` -> a module list expands to ``blocks.{i}`` (+ ``.attn``)."""
     if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
@@ -477,9 +494,7 @@ def _hook_map(model: nn.Module, mapping: Mapping[str, str]) -> ModelSpec:
         if path not in modules:
             raise FerlensError(f"Hook map entry {name}={path}: '{path}' is not a module of "
                                f"{type(model).__name__}; use one of its module paths." + close_matches(path, list(modules)))
-    prefix = getattr(model, "num_prefix_tokens", None)
-    if not isinstance(prefix, int):
-        prefix = sum(isinstance(getattr(model, a, None), torch.Tensor) for a in ("cls_token", "dist_token"))
+    prefix = _prefix_tokens(model, modules.get(mapping.get("tokens", ""), model))
     cls_index = 0 if prefix >= 1 else None
     full = TokenLayout(prefix, cls_index, True)
     hooks: dict[str, Hook] = {}
