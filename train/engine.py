@@ -37,7 +37,8 @@ from .io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from .nanguard import NanGuard, first_nonfinite_grad, first_nonfinite_output, first_nonfinite_tensor, grad_norm
 
 # Test-only hooks, read from the environment so a subprocess can be steered:
-#   FERLENS_DEBUG_KILL_AT_STEP=N   SIGKILL this process right after optimizer update N (resume test)
+#   FERLENS_DEBUG_KILL_AT_STEP=N[:SIGNAL]   send SIGNAL (default SIGKILL) to this process right after optimizer
+#                                  update N (resume test; SIGUSR2 = a Slurm preemption for train/cluster.py)
 #   FERLENS_DEBUG_DUMP_DIR=DIR     each rank writes DIR/rank<r>.json with its final weights' hash (DDP test)
 DEBUG_KILL_ENV = "FERLENS_DEBUG_KILL_AT_STEP"
 DEBUG_DUMP_ENV = "FERLENS_DEBUG_DUMP_DIR"
@@ -600,8 +601,8 @@ def train_one_epoch(t: Trainer, loader: DataLoader, cfg: TrainConfig) -> EpochRe
             t.optimizer.step()
         t.guard.ok()
         t.step += 1
-        if os.environ.get(DEBUG_KILL_ENV) == str(t.step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get(DEBUG_KILL_ENV, "").partition(":")[0] == str(t.step):
+            os.kill(os.getpid(), signal.Signals[os.environ[DEBUG_KILL_ENV].partition(":")[2] or "SIGKILL"])
         if t.on_step is not None:
             t.on_step()
         t.scheduler.step_update(num_updates=t.step)

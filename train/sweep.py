@@ -4,12 +4,15 @@
     rows = run_sweep("ferlens_tiny_vit_s3", "synthfer:size=64,n=2000", grid, seeds=3)
 
 Grid keys are TrainConfig fields (lr, weight_decay, ...) or model options (depth, embed_dim, ...).
-Runs are ordinary run folders named ``<sweep>--<point>-s<seed>``; finished ones are reused, so an
-interrupted sweep picks up where it stopped.
+Runs are ordinary run folders named ``<sweep>--<point>-s<seed>``; a point whose folder holds metrics.json of
+the same config (``config_hash``) is reused, one with a state.pt is resumed, so an interrupted sweep picks up
+where it stopped. ``run_sweep`` fits in this process; ``launch_sweep`` submits one submitit job per missing
+point (train/cluster.py: local executor or Slurm) and gathers the same rows from the run folders.
 """
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +81,111 @@ def sweep_name(model: str, data: str, grid: dict[str, list[Any]]) -> str:
     return f"{model}-{parse_spec(data).slug}-{'-'.join(grid)}"
 
 
+@dataclass
+class PointPlan:
+    """One (grid point, seed) of a sweep: its fit tokens, run folder and config hash (picklable for submitit)."""
+    point: dict[str, Any]
+    seed: int
+    tokens: list[str]             # fit overrides, --run_name included
+    config_path: str | None
+    run_dir: Path
+    config_hash: str
+    epochs: int
+
+    @property
+    def run(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def label(self) -> str:
+        return f"{point_slug(self.point)} seed {self.seed}"
+
+    def progress(self) -> str:
+        """``epoch k/E`` from the run folder's history.csv (the sweep reads it while the job runs)."""
+        history = self.run_dir / "history.csv"
+        try:
+            done = max(0, len(history.read_text().strip().splitlines()) - 1)
+        except OSError:
+            done = 0
+        return f"epoch {done}/{self.epochs}"
+
+
+def config_hash(train: dict[str, Any]) -> str:
+    """12 hex digits over a resolved TrainConfig dict, runtime-only keys (threads, device, resume ...) left out."""
+    import hashlib
+    import json
+
+    from .config import RUNTIME_FIELDS
+
+    kept = {k: v for k, v in train.items() if k not in RUNTIME_FIELDS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def plan_sweep(model: str, data: str, grid: dict[str, list[Any]], seeds: int = 3, overrides: list[str] | None = None,
+               config_path: str | None = None, name: str | None = None) -> list[PointPlan]:
+    """Resolve every (point, seed) config first, so a bad key fails before anything runs. Order: points, then seeds."""
+    from .config import resolve_config
+    from .engine import run_dir_for
+
+    if seeds < 1:
+        raise FerlensError(f"--seeds must be at least 1, got {seeds}.")
+    name = name or sweep_name(model, data, grid)
+    base = list(overrides or []) + ["--model", model, "--data", data]
+    plans = []
+    for point in grid_points(grid):
+        for seed in range(seeds):
+            tokens = base + point_overrides(point) + ["--seed", str(seed),
+                                                      "--run_name", f"{name}--{point_slug(point)}-s{seed}"]
+            cfg = resolve_config(config_path, tokens)
+            plans.append(PointPlan(point, seed, tokens, config_path, run_dir_for(cfg).absolute(),
+                                   config_hash(cfg.to_dict()), cfg.epochs))
+    return plans
+
+
+def point_state(plan: PointPlan) -> str:
+    """``done`` (metrics.json, same config), ``resume`` (state.pt), ``restart`` (folder without a checkpoint)
+    or ``new``; raises when the folder holds a run of a different config."""
+    from .io import read_json
+
+    run_dir = plan.run_dir
+    if (run_dir / "config.json").is_file():
+        saved = config_hash(read_json(run_dir / "config.json").get("train", {}))
+        if saved != plan.config_hash and ((run_dir / "metrics.json").is_file() or (run_dir / "state.pt").is_file()):
+            raise FerlensError(f"The run folder {run_dir} holds a run of another config (hash {saved}, this sweep "
+                               f"wants {plan.config_hash}); give the sweep a new --name, or delete that folder.")
+    if (run_dir / "metrics.json").is_file():
+        return "done"
+    if (run_dir / "state.pt").is_file():
+        return "resume"
+    return "restart" if run_dir.exists() else "new"
+
+
+def fit_point(plan: PointPlan) -> Path:
+    """Fit one sweep point, resume it from its last checkpoint, or return it when finished."""
+    from .config import resolve_config
+    from .engine import fit
+
+    state = point_state(plan)
+    if state == "done":
+        return plan.run_dir
+    if state == "resume":
+        cfg = resolve_config(None, ["--resume", str(plan.run_dir)])
+    else:
+        cfg = resolve_config(plan.config_path, plan.tokens + (["--overwrite"] if state == "restart" else []))
+    return fit(cfg)
+
+
+def point_row(plan: PointPlan) -> dict[str, Any]:
+    """One runs.csv row, read from the finished run folder."""
+    from .io import read_json
+
+    m = read_json(plan.run_dir / "metrics.json")
+    return {**plan.point, "seed": plan.seed, "run": plan.run, **{k: m[k] for k in METRICS}}
+
+
 def run_sweep(model: str, data: str, grid: dict[str, list[Any]], seeds: int = 3, overrides: list[str] | None = None,
               config_path: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
-    """Fit every grid point with seeds 0..seeds-1 (sequentially); returns one row per run.
+    """Fit every grid point with seeds 0..seeds-1 in this process, one after another; one row per run.
 
     Args:
         model: model name.
@@ -91,35 +196,45 @@ def run_sweep(model: str, data: str, grid: dict[str, list[Any]], seeds: int = 3,
         config_path: YAML config / preset for every fit.
         name: sweep name (default ``<model>-<dataslug>-<keys>``).
     """
-    from .config import resolve_config
-    from .engine import fit, run_dir_for
-    from .io import read_json
-
-    if seeds < 1:
-        raise FerlensError(f"--seeds must be at least 1, got {seeds}.")
+    plans = plan_sweep(model, data, grid, seeds, overrides, config_path, name)
     name = name or sweep_name(model, data, grid)
-    points = grid_points(grid)
-    base = list(overrides or []) + ["--model", model, "--data", data]
-    # resolve every config first, so a bad key fails before the first fit
-    plans = []
-    for point in points:
-        for seed in range(seeds):
-            tokens = base + point_overrides(point) + ["--seed", str(seed),
-                                                      "--run_name", f"{name}--{point_slug(point)}-s{seed}"]
-            plans.append((point, seed, tokens, resolve_config(config_path, tokens)))
-    rows = []
-    for i, (point, seed, tokens, cfg) in enumerate(plans, 1):
-        run_dir = run_dir_for(cfg)
-        if not (run_dir / "metrics.json").is_file():
-            if (run_dir / "state.pt").is_file():
-                cfg = resolve_config(None, ["--resume", str(run_dir)])
-            elif run_dir.exists():
-                cfg = resolve_config(config_path, tokens + ["--overwrite"])
-            print(f"sweep {name}: run {i}/{len(plans)} {point_slug(point)} seed {seed}")
-            run_dir = fit(cfg)
-        m = read_json(run_dir / "metrics.json")
-        rows.append({**point, "seed": seed, "run": run_dir.name, **{k: m[k] for k in METRICS}})
-    return rows
+    for i, plan in enumerate(plans, 1):
+        if point_state(plan) != "done":
+            print(f"sweep {name}: run {i}/{len(plans)} {plan.label}")
+            fit_point(plan)
+    return [point_row(p) for p in plans]
+
+
+def launch_sweep(plans: list[PointPlan], opts, sweep_dir: Path, name: str) -> list[dict[str, Any]]:
+    """Submit the unfinished points as submitit jobs (``opts``: train.cluster.LaunchOptions), wait, and gather
+    the rows from the run folders. Job folders (pickles, logs) go to ``sweep_dir/jobs/<job id>``;
+    ``sweep_dir/jobs.json`` records which points were submitted as which jobs."""
+    from .cluster import FitPoint, default_parallel, make_executor, run_jobs
+    from .io import atomic_write_json, read_json
+    from .runs import artifacts_root
+
+    todo = [p for p in plans if point_state(p) != "done"]
+    print(f"sweep {name}: {len(plans) - len(todo)}/{len(plans)} points finished, submitting {len(todo)} "
+          f"through the {opts.launcher} launcher (logs in {sweep_dir / 'jobs'})", flush=True)
+    if todo:
+        from .config import resolve_config
+
+        threads = resolve_config(todo[0].config_path, todo[0].tokens).threads
+        executor = make_executor(opts, sweep_dir / "jobs", name)
+        root = str(artifacts_root().absolute())
+        outcomes = run_jobs(executor, [FitPoint(p, root) for p in todo], opts, default_parallel(opts, threads))
+        record = read_json(sweep_dir / "jobs.json") if (sweep_dir / "jobs.json").is_file() else {"submissions": []}
+        record["submissions"].append({"launcher": opts.launcher, "jobs": [
+            {"run": o.task.plan.run, "config_hash": o.task.plan.config_hash, "job_id": o.job_id, "ok": o.ok,
+             "error": o.error, "log": o.log} for o in outcomes]})
+        atomic_write_json(sweep_dir / "jobs.json", record)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            first = failed[0]
+            raise FerlensError(f"{len(failed)} of {len(todo)} sweep jobs failed (first: {first.task.label}, "
+                               f"{first.error}; log {first.log}); fix the cause and run the same command again: "
+                               "finished points are kept and only the missing ones are submitted.")
+    return [point_row(p) for p in plans]
 
 
 def summarize(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:

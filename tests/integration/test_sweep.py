@@ -28,7 +28,7 @@ def test_parse_grid_forms():
 @pytest.mark.slow
 def test_sweep_2x2_grid_2_seeds_summary(_artifacts_root, capsys):
     argv = ["sweep", "--model", "ferlens_tiny_vit_s3", "--data", "synthfer:size=32,n=70", "--grid", "lr=1e-3,3e-3",
-            "depth=1,2", "--seeds", "2", "--name", "grid", *TINY]
+            "depth=1,2", "--seeds", "2", "--name", "grid", "--launcher", "serial", *TINY]
     assert main(argv) == 0
     out_dir = _artifacts_root / "sweeps" / "grid"
     runs = list(csv.DictReader((out_dir / "runs.csv").open()))
