@@ -79,7 +79,7 @@ def test_local_launcher_survives_a_killed_job_and_matches_the_serial_sweep(tmp_p
     assert ref.returncode == 0, ref.stderr[-3000:]
     got, want = (json.loads((r / "sweeps" / "grid" / "summary.json").read_text()) for r in (local, serial))
     assert got["rows"] == want["rows"] and got["best"] == want["best"] and len(got["runs"]) == 8
-    for run in sorted(p.name for p in (serial / "runs").iterdir()):
+    for run in sorted(p.name for p in (serial / "runs").iterdir() if not p.name.startswith(".")):
         a, b = _weights(local / "runs" / run), _weights(serial / "runs" / run)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run
 
