@@ -193,7 +193,8 @@ def run_jobs(executor, tasks: list[Task], opts: LaunchOptions, parallel: int,
                     state = "done" if o.ok else f"FAILED ({o.error}; log {o.log})"
                     echo(f"[{len(outcomes)}/{n} done] {tasks[i].label}: {state}")
                     continue
-                line = f"{job.state.lower()} {tasks[i].progress()}".strip()
+                state = str(job.state)
+                line = f"{state.lower()} {tasks[i].progress() if state == 'RUNNING' else ''}".strip()
                 if shown.get(i) != line:
                     shown[i] = line
                     echo(f"[{len(outcomes)}/{n} done] {tasks[i].label}: {line} (job {job.job_id})")

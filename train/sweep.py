@@ -6,7 +6,7 @@
 Grid keys are TrainConfig fields (lr, weight_decay, ...) or model options (depth, embed_dim, ...).
 Runs are ordinary run folders named ``<sweep>--<point>-s<seed>``; a point whose folder holds metrics.json of
 the same config (``config_hash``) is reused, one with a state.pt is resumed, so an interrupted sweep picks up
-where it stopped. ``run_sweep`` fits in this process; ``launch_sweep`` submits one submitit job per missing
+where it stopped (keys left ``auto`` in the sweep's config, resolved by the engine, do not count). ``run_sweep`` fits in this process; ``launch_sweep`` submits one submitit job per missing
 point (train/cluster.py: local executor or Slurm) and gathers the same rows from the run folders.
 """
 from __future__ import annotations
@@ -89,8 +89,12 @@ class PointPlan:
     tokens: list[str]             # fit overrides, --run_name included
     config_path: str | None
     run_dir: Path
-    config_hash: str
+    train: dict[str, Any]         # the resolved TrainConfig dict
     epochs: int
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.train)
 
     @property
     def run(self) -> str:
@@ -110,14 +114,21 @@ class PointPlan:
         return f"epoch {done}/{self.epochs}"
 
 
-def config_hash(train: dict[str, Any]) -> str:
-    """12 hex digits over a resolved TrainConfig dict, runtime-only keys (threads, device, resume ...) left out."""
+def comparable(train: dict[str, Any], planned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of a TrainConfig dict that decides a run's numbers: runtime-only keys (threads, device, resume ...)
+    left out, and keys ``planned`` leaves to the engine (``"auto"``, e.g. amp, resolved at run time) too."""
+    from .config import RUNTIME_FIELDS
+
+    auto = {k for k, v in (planned or train).items() if v == "auto"}
+    return {k: v for k, v in train.items() if k not in RUNTIME_FIELDS and k not in auto}
+
+
+def config_hash(train: dict[str, Any], planned: dict[str, Any] | None = None) -> str:
+    """12 hex digits over ``comparable(train, planned)``: the identity of a sweep point's config."""
     import hashlib
     import json
 
-    from .config import RUNTIME_FIELDS
-
-    kept = {k: v for k, v in train.items() if k not in RUNTIME_FIELDS}
+    kept = comparable(train, planned)
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -137,8 +148,8 @@ def plan_sweep(model: str, data: str, grid: dict[str, list[Any]], seeds: int = 3
             tokens = base + point_overrides(point) + ["--seed", str(seed),
                                                       "--run_name", f"{name}--{point_slug(point)}-s{seed}"]
             cfg = resolve_config(config_path, tokens)
-            plans.append(PointPlan(point, seed, tokens, config_path, run_dir_for(cfg).absolute(),
-                                   config_hash(cfg.to_dict()), cfg.epochs))
+            plans.append(PointPlan(point, seed, tokens, config_path, run_dir_for(cfg).absolute(), cfg.to_dict(),
+                                   cfg.epochs))
     return plans
 
 
@@ -149,7 +160,7 @@ def point_state(plan: PointPlan) -> str:
 
     run_dir = plan.run_dir
     if (run_dir / "config.json").is_file():
-        saved = config_hash(read_json(run_dir / "config.json").get("train", {}))
+        saved = config_hash(read_json(run_dir / "config.json").get("train", {}), plan.train)
         if saved != plan.config_hash and ((run_dir / "metrics.json").is_file() or (run_dir / "state.pt").is_file()):
             raise FerlensError(f"The run folder {run_dir} holds a run of another config (hash {saved}, this sweep "
                                f"wants {plan.config_hash}); give the sweep a new --name, or delete that folder.")

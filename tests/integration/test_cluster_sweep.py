@@ -20,7 +20,7 @@ from train.engine import DEBUG_KILL_ENV  # noqa: E402
 SWEEP = ["sweep", "--model", "ferlens_tiny_vit_s3", "--data", "synthfer:size=32,n=70", "--grid", "lr=1e-3,3e-3",
          "depth=1,2", "--seeds", "2", "--name", "grid", "--img_size", "32", "--model_kwargs.embed_dim", "32",
          "--model_kwargs.num_heads", "2", "--epochs", "2", "--batch_size", "16", "--eval_batch_size", "64",
-         "--bootstrap", "20", "--warmup_epochs", "0", "--threads", "1"]
+         "--bootstrap", "20", "--warmup_epochs", "0", "--threads", "1", "--amp", "none"]  # amp auto times a probe
 KILLED, PREEMPTED = "grid--lr0.001-depth2-s1", "grid--lr0.003-depth1-s0"
 
 

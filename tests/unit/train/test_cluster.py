@@ -106,3 +106,25 @@ def test_run_jobs_debug_executor_runs_in_process(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(pdb, "post_mortem", lambda *a: None)
     with pytest.raises(FerlensError, match="x=-1 is negative"):
         run_jobs(make_executor(opts, tmp_path, "t"), [_Square(-1)], opts, parallel=1, echo=lines.append)
+
+
+def test_sweep_points_are_identified_by_config_hash(_artifacts_root):
+    """A finished point is reused only when its run holds the same config (runtime keys and keys the sweep
+    leaves 'auto' aside); a run of another config in the folder is one sentence, before any job."""
+    import json
+
+    from train.sweep import plan_sweep, point_state
+
+    grid = {"lr": [1e-3]}
+    (plan,) = plan_sweep("ferlens_tiny_vit_s3", "synthfer:size=32,n=70", grid, seeds=1, overrides=["--epochs", "2"],
+                         name="g")
+    assert point_state(plan) == "new"
+    plan.run_dir.mkdir(parents=True)
+    saved = {**plan.train, "threads": 7, "device": "cpu", "amp": "bf16", "resume": str(plan.run_dir)}
+    (plan.run_dir / "config.json").write_text(json.dumps({"train": saved}))
+    assert point_state(plan) == "restart"
+    (plan.run_dir / "metrics.json").write_text("{}")
+    assert point_state(plan) == "done"
+    (plan.run_dir / "config.json").write_text(json.dumps({"train": {**saved, "epochs": 3}}))
+    with pytest.raises(FerlensError, match="holds a run of another config"):
+        point_state(plan)
