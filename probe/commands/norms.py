@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_csv(out / "norms.csv", norms, ["layer", "tokens", "mean_norm", "std_norm", "max_norm", "outlier_frac"])
         atomic_write_csv(out / "attn_entropy.csv", ent, ["layer", "head", "entropy", "entropy_norm"])
         print(f"{name}: norms of {min(args.n, len(ds))} images → {out / 'norms.csv'}, {out / 'attn_entropy.csv'}")
-        print(f"  {'layer':<10} {'cls mean':>9} {'patch mean':>11} {'patch outliers':>15} {'cls entropy':>12}")
+        w = max([10] + [len(r["layer"]) for r in norms])
+        print(f"  {'layer':<{w}} {'cls mean':>9} {'patch mean':>11} {'patch outliers':>15} {'cls entropy':>12}")
         by = {(r["layer"], r["tokens"]): r for r in norms}
         for layer in dict.fromkeys(r["layer"] for r in norms):
             c, p = by.get((layer, "cls")), by.get((layer, "patch"))
@@ -50,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
             po = f"{p['outlier_frac']:.4f}" if p else "-"
             em = f"{sum(e) / len(e):.3f}" if e else "-"
             cm = f"{c['mean_norm']:.2f}" if c else "-"
-            print(f"  {layer:<10} {cm:>9} {pm:>11} {po:>15} {em:>12}")
+            print(f"  {layer:<{w}} {cm:>9} {pm:>11} {po:>15} {em:>12}")
     return 0

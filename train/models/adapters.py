@@ -373,6 +373,19 @@ def _resnet_stages(model: nn.Module, backbone_path: str) -> dict[str, Hook]:
     return {}
 
 
+def _prefix_parameters(model: nn.Module) -> int:
+    """Prefix tokens counted from token parameters anywhere in the tree (``cls_token``,
+    ``dist_token``: one each; ``reg_token``: its length), e.g. ``embed.cls_token`` of a researcher's own code."""
+    count = 0
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("cls_token", "dist_token"):
+            count += 1
+        elif leaf == "reg_token" and p.dim() == 3:
+            count += int(p.shape[1])
+    return count
+
+
 def _head_input(model: nn.Module) -> dict[str, Hook]:
     head = getattr(model, "head", None)
     return {"pre_logits": Hook("pre_logits", "head", "input", "pre_logits")} if isinstance(head, nn.Module) else {}
@@ -481,7 +494,7 @@ def _prefix_tokens(model: nn.Module, embed: nn.Module) -> int:
                  if isinstance(getattr(owner, a, None), torch.Tensor)}
         if found:
             return sum(t.shape[-2] if t.dim() == 3 else 1 for t in found.values())
-    return 0
+    return _prefix_parameters(model)  # token parameters deeper in the tree
 
 
 def _hook_map(model: nn.Module, mapping: Mapping[str, str]) -> ModelSpec:

@@ -235,3 +235,34 @@ def test_attention_that_cannot_be_read_is_one_sentence_never_a_module_output():
     model.ferlens_hook_map = {"blocks": "nope"}
     with pytest.raises(FerlensError, match="'nope' is not a module"):
         model_spec(model)
+
+
+class _NestedCls(nn.Module):
+    """The CLS token lives inside the embedding module (as in a researcher's own TokenEmbed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _External()
+        self.embed = nn.Module()
+        self.embed.cls_token = self.inner.cls_token
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_hook_map_counts_prefix_tokens_anywhere_in_the_tree():
+    from probe.cache import run_with_cache
+    from probe.features import batch_readouts
+
+    torch.manual_seed(0)
+    model = _NestedCls().eval()
+    del model.inner.cls_token                                          # only embed.cls_token remains
+    model.inner.cls_token = model.embed.cls_token                      # (shared, so forward still works)
+    model.ferlens_hook_map = {"blocks": "inner.layers", "tokens": "inner.embed"}
+    spec = model_spec(model)
+    assert spec.num_prefix_tokens == 1 and spec.cls_index == 0
+    x = torch.randn(2, 3, 32, 32)
+    seq = run_with_cache(model, x, names=["blocks.1"])["blocks.1"]
+    out = batch_readouts(model, x, layers=["blocks.1"], stem=None)
+    torch.testing.assert_close(torch.from_numpy(out["patch"][:, 0]), seq[:, 1:].mean(1))
+    torch.testing.assert_close(torch.from_numpy(out["cls"][:, 0]), seq[:, 0])
