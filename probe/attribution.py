@@ -423,7 +423,7 @@ class ExplainBatch:
     Attributes:
         images: (n, 3, H, W) preprocessed with the run's eval transform.
         labels: (n,) true classes.
-        part_masks: (n, h, w) SynthFER part masks, or None for datasets without them.
+        part_masks: (n, h, w) part masks (SynthFER's, or drawn from a dataset's landmarks), or None.
         indices: the dataset indices used.
         dataset: the dataset split.
     """
@@ -436,7 +436,7 @@ class ExplainBatch:
 
 
 def load_batch(config: dict[str, Any], spec: str | None = None, split: str = "test", n: int = 64,
-               seed: int = 0) -> ExplainBatch:
+               seed: int = 0, masks: bool = True) -> ExplainBatch:
     """``n`` random samples (fixed by ``seed``) of a split, preprocessed like the run's evaluation.
 
     Args:
@@ -444,6 +444,7 @@ def load_batch(config: dict[str, Any], spec: str | None = None, split: str = "te
         spec: dataset spec string.
         split: ``train``, ``val`` or ``test``.
         n: number of samples (all when the split is smaller).
+        masks: also read the part masks (SynthFER's answer key, or drawn from a real dataset's landmarks).
     """
     import numpy as np
 
@@ -461,7 +462,12 @@ def load_batch(config: dict[str, Any], spec: str | None = None, split: str = "te
     indices = sorted(int(i) for i in order)
     images = torch.stack([transform(ds.load_image(i)) for i in indices])
     labels = torch.as_tensor(ds.labels[indices], dtype=torch.long)
-    masks = None
-    if hasattr(ds, "part_mask"):
-        masks = torch.stack([torch.from_numpy(np.asarray(ds.part_mask(i)).astype(np.int64)) for i in indices])
-    return ExplainBatch(images, labels, masks, indices, ds)
+    part_masks = None
+    if masks and getattr(ds, "has_part_masks", hasattr(ds, "part_mask")):
+        from PIL import Image
+
+        h, w = images.shape[-2:]                      # masks are squashed to the input like the images are
+        part_masks = torch.stack([torch.from_numpy(np.asarray(
+            Image.fromarray(np.asarray(ds.part_mask(i), dtype=np.uint8)).resize((w, h), Image.NEAREST),
+            dtype=np.int64)) for i in indices])
+    return ExplainBatch(images, labels, part_masks, indices, ds)

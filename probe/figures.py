@@ -1,4 +1,4 @@
-"""The paper's eight figures, drawn from run artifacts (docs/contracts.md) in one style.
+"""The paper's nine figures, drawn from run artifacts (docs/contracts.md) in one style.
 
 Each figure is a table entry: a loader that turns run folders into one tidy DataFrame (written next to
 the figure as CSV, so every drawn number can be checked) and a chart function over that frame. A
@@ -35,6 +35,10 @@ ATTRIBUTION_METHODS: tuple[str, ...] = ("rollout", "cls_attention", "gradcam", "
 METHOD_TITLES = {"rollout": "rollout", "cls_attention": "CLS attn", "gradcam": "Grad-CAM", "ig": "IG",
                  "grad_rollout": "grad. rollout", "saliency": "saliency"}
 CLS_INTERVENTIONS: tuple[str, ...] = ("mean", "shuffle", "zero")
+# figure 6 panels: the CLS replacements, then the most-read patch token against its random-patch control
+INTERVENTION_PANELS: tuple[str, ...] = CLS_INTERVENTIONS + ("top_attended_patch", "random_patch")
+PANEL_TITLES = {"mean": "CLS ← train mean", "shuffle": "CLS ← other face", "zero": "CLS ← 0",
+                "top_attended_patch": "most-read patch ← mean", "random_patch": "random patch ← mean"}
 TOKEN_TITLES = {"cls": "CLS", "patch": "patch (mean)", "patch_max": "patch (max)", "stem": "CNN stem"}
 
 
@@ -289,7 +293,9 @@ def intervention_data(runs: Sequence[RunInfo]) -> pd.DataFrame:
     frames = []
     for run in runs:
         df = _read_csv(_need(run, "explain/interventions.csv", f"probe intervene --run {run.name}"))
-        df = df[df["mode"].isin(CLS_INTERVENTIONS)].copy()
+        df = df[df["mode"].isin(INTERVENTION_PANELS)].copy()
+        df["panel"] = [PANEL_TITLES[m] for m in df["mode"]]
+        df["collapsed"] = (df["collapsed"].astype(str).str.lower() == "true") if "collapsed" in df else False
         df["layer_index"] = [layer_position(v) for v in df["layer"]]
         df["baseline_accuracy"] = df["accuracy"] - df["delta_accuracy"]
         df["variant"] = run.label
@@ -298,8 +304,8 @@ def intervention_data(runs: Sequence[RunInfo]) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if out.empty:
         raise MissingArtifacts("CLS interventions", f"probe intervene --run {','.join(r.name for r in runs)}")
-    cols = ["variant", "run", "mode", "layer", "layer_index", "accuracy", "delta_accuracy",
-            "baseline_accuracy", "mean_logit_change", "n"]
+    cols = ["variant", "run", "mode", "panel", "layer", "layer_index", "accuracy", "delta_accuracy",
+            "baseline_accuracy", "mean_logit_change", "collapsed", "n"]
     return _run_order(out[cols], runs, "mode", "layer_index")
 
 
@@ -442,15 +448,18 @@ def chart_interventions(df: pd.DataFrame) -> alt.TopLevelMixin:
     x = alt.X("layer_index:Q", title="layer where CLS is replaced", axis=alt.Axis(tickMinStep=1, format="d"),
               scale=alt.Scale(nice=False))
     base = alt.Chart(df)
-    line = base.mark_line(point=True).encode(
-        x=x, y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(domain=[0, 1])), color=color)
+    line = base.mark_line(point=alt.OverlayMarkDef(filled=True)).encode(
+        x=x, y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(domain=[0, 1])), color=color,
+        shape=alt.Shape("collapsed:N", title="one class", scale=alt.Scale(domain=[False, True],
+                                                                          range=["circle", "cross"])))
     ref = base.mark_rule(strokeDash=[4, 3], strokeWidth=1).encode(y="mean(baseline_accuracy):Q", color=color)
-    width = _facet_width(df["mode"].nunique(), cap=170)
+    width = _facet_width(df["panel"].nunique(), cap=150)
+    order = [PANEL_TITLES[m] for m in INTERVENTION_PANELS]
     return (alt.layer(ref, line).properties(width=width, height=int(width * 0.8))
-            .facet(column=alt.Column("mode:N", title=None, sort=list(CLS_INTERVENTIONS),
-                                     header=alt.Header(labelExpr="'CLS ' + datum.value", labelFontWeight="bold")))
-            .properties(title=alt.TitleParams("CLS interventions",
-                                              subtitle="dashed: unmodified model")))
+            .facet(column=alt.Column("panel:N", title=None, sort=order,
+                                     header=alt.Header(labelFontWeight="bold")))
+            .properties(title=alt.TitleParams("CLS and patch interventions",
+                                              subtitle="dashed: unmodified model; cross: predictions collapse to one class")))
 
 
 def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -672,6 +681,55 @@ def chart_attribution(df: pd.DataFrame) -> alt.TopLevelMixin:
 # --------------------------------------------------------------------------------------- registry
 
 
+def cls_read_data(runs: Sequence[RunInfo], max_side: int = 32) -> pd.DataFrame:
+    """Figure 9 data: mean CLS attention per grid cell for every block, and the effective receptive field of
+    block 0's most-read token (``explain/cls_read.json``; the ERF map summed down to ``max_side`` per axis)."""
+    frames = []
+    for run in runs:
+        data = read_json(_need(run, "explain/cls_read.json", f"probe rollout --run {run.name}"))
+        for b in data.get("blocks", []):
+            g = np.asarray(b["grid"], dtype=np.float64)
+            r, c = np.mgrid[0:g.shape[0], 0:g.shape[1]]
+            frames.append(pd.DataFrame({"variant": run.label, "run": run.name, "panel": f"block {b['block']}",
+                                        "kind": "CLS attention", "row": r.ravel(), "col": c.ravel(),
+                                        "value": g.ravel(), "top_cell": b["top_cell"]}))
+        erf = data.get("erf")
+        if erf:
+            m = np.asarray(erf["map"], dtype=np.float64)
+            k = max(1, int(np.ceil(max(m.shape) / max_side)))
+            h, w = m.shape[0] // k * k, m.shape[1] // k * k
+            m = m[:h, :w].reshape(h // k, k, w // k, k).sum((1, 3))
+            r, c = np.mgrid[0:m.shape[0], 0:m.shape[1]]
+            frames.append(pd.DataFrame({"variant": run.label, "run": run.name,
+                                        "panel": f"ERF of cell {erf['cell']} ({erf['height_px']}×{erf['width_px']} px)",
+                                        "kind": "input gradient", "row": r.ravel() * k, "col": c.ravel() * k,
+                                        "value": m.ravel(), "top_cell": erf["cell"]}))
+    if not frames:
+        raise MissingArtifacts("CLS attention per cell", f"probe rollout --run {','.join(r.name for r in runs)}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def chart_cls_read(df: pd.DataFrame) -> alt.TopLevelMixin:
+    """Per variant (rows): one heatmap per block of where the CLS reads, then the ERF of the most-read token."""
+    charts = []
+    for variant, part in df.groupby("variant", sort=False):
+        panels = list(dict.fromkeys(part.panel))
+        width = _facet_width(len(panels), cap=120)
+        row = []
+        for panel in panels:
+            d = part[part.panel == panel]
+            scheme = "greens" if d.kind.iloc[0] == "input gradient" else "blues"
+            row.append(alt.Chart(d).mark_rect().encode(
+                x=alt.X("col:O", axis=None), y=alt.Y("row:O", axis=None),
+                color=alt.Color("value:Q", scale=alt.Scale(scheme=scheme), legend=None),
+                tooltip=["panel", "row", "col", alt.Tooltip("value:Q", format=".3f")])
+                .properties(width=width, height=width, title=alt.TitleParams(panel, fontSize=10)))
+        charts.append(alt.hconcat(*row).properties(title=alt.TitleParams(variant, anchor="start")))
+    return (alt.vconcat(*charts).properties(title=alt.TitleParams(
+        "Where the CLS token reads", subtitle="mean CLS attention per token cell and block; green: effective "
+        "receptive field of block 0's most-read token")))
+
+
 @dataclass(frozen=True)
 class Figure:
     """One paper figure: a file stem, a loader to its tidy frame and a chart over that frame."""
@@ -693,6 +751,8 @@ FIGURES: dict[int, Figure] = {f.number: f for f in (
     Figure(6, "fig6_interventions", "CLS intervention curves", intervention_data, chart_interventions),
     Figure(7, "fig7_efficiency", "throughput vs batch size, params/MACs", profile_data, chart_efficiency),
     Figure(8, "fig8_training_curves", "training curves", history_data, chart_history),
+    Figure(9, "fig9_cls_read", "where the CLS reads: attention per cell and block, ERF of the most-read token",
+           cls_read_data, chart_cls_read),
 )}
 
 

@@ -240,8 +240,13 @@ def localisation(maps: Tensor, part_masks: Tensor, defining: Sequence[Sequence[i
     return Localisation(mass_inside(maps, inside), mass_inside(maps, other), pointing_game(maps, inside))
 
 
-def synthfer_part_ids(label_names: Sequence[str], classes: Tensor) -> tuple[list[list[int]], list[int]]:
-    """Part indices defining each class (SynthFER's ``CLASS_PARTS``) and the nuisance part indices.
+# classes without a SynthFER answer key: the FACS action units that define them (AU14, dimpler: mouth)
+EXTRA_CLASS_PARTS = {"contempt": ["mouth"]}
+
+
+def part_ids_for(label_names: Sequence[str], classes: Tensor) -> tuple[list[list[int]], list[int]]:
+    """Part indices defining each class (SynthFER's ``CLASS_PARTS``, used for real faces too, whose part
+    masks are drawn from landmarks with the same part names) and the nuisance part indices.
 
     Args:
         label_names: the run's class names.
@@ -252,14 +257,97 @@ def synthfer_part_ids(label_names: Sequence[str], classes: Tensor) -> tuple[list
     """
     from train.data.synthfer import CLASS_PARTS, PART_NAMES
 
+    key = {**CLASS_PARTS, **EXTRA_CLASS_PARTS}
     index = {name: i for i, name in enumerate(PART_NAMES)}
-    missing = [label_names[int(c)] for c in classes if label_names[int(c)] not in CLASS_PARTS]
+    missing = [label_names[int(c)] for c in classes if label_names[int(c)] not in key]
     if missing:
-        raise FerlensError(f"SynthFER has no part answer key for class '{missing[0]}'; localisation "
-                           "metrics need a model trained on SynthFER's label names.")
-    defining = [[index[p] for p in CLASS_PARTS[label_names[int(c)]] if p in index] for c in classes]
+        raise FerlensError(f"There is no part answer key for class '{missing[0]}'; localisation metrics need "
+                           f"the canonical class names ({', '.join(key)}).")
+    defining = [[index[p] for p in key[label_names[int(c)]] if p in index] for c in classes]
     nuisance = [index[p] for p in NUISANCE_PARTS if p in index]
     return defining, nuisance
+
+
+synthfer_part_ids = part_ids_for  # the earlier name
+
+
+# ------------------------------------------------------------------------- chance and grid oracle
+def chance_part_mass(part_masks: Tensor, defining: Sequence[Sequence[int]]) -> Tensor:
+    """Part mass of a uniform map: the defining parts' share of the image area.
+
+    Args:
+        part_masks: (B, H, W) integer part masks; defining: per image, the part ids.
+
+    Returns:
+        (B,) area shares.
+    """
+    return part_masks_for(part_masks, defining).flatten(1).double().mean(1).float()
+
+
+def cell_maps(grid_size: Sequence[int], size: Sequence[int]) -> Tensor:
+    """Every one-hot token-grid map, upsampled and normalised exactly like token-level maps
+    (``probe.attribution.normalise_maps``).
+
+    Returns:
+        (N, H, W), N = h*w, one map per cell.
+    """
+    from .attribution import normalise_maps
+
+    h, w = int(grid_size[0]), int(grid_size[1])
+    eye = torch.eye(h * w).view(h * w, h, w)
+    return normalise_maps(eye, tuple(size))
+
+
+@dataclass
+class GridOracle:
+    """The best a token-grid map can do on each image.
+
+    Attributes:
+        part_mass: (B,) highest part mass of any single-cell map (any non-negative grid map scores at most this).
+        pointing: (B,) highest pointing-game score of any single-cell map.
+        cell: (B,) the cell index reaching ``part_mass``.
+    """
+
+    part_mass: Tensor
+    pointing: Tensor
+    cell: Tensor
+
+
+def grid_oracle(part_masks: Tensor, defining: Sequence[Sequence[int]], grid_size: Sequence[int]) -> GridOracle:
+    """Part mass and pointing game of the best single-cell map per image.
+
+    A non-negative grid map upsampled linearly is a positive mix of the cell maps, and its part mass is a
+    weighted mean of theirs, so no token-grid map beats the best cell.
+
+    Args:
+        part_masks: (B, H, W) integer part masks at map resolution; defining: per image, the part ids;
+        grid_size: (h, w) token grid.
+    """
+    inside = part_masks_for(part_masks, defining)                           # (B, H, W)
+    cells = cell_maps(grid_size, part_masks.shape[-2:]).to(inside.device)  # (N, H, W)
+    pos = cells.double().flatten(1)                                         # (N, HW)
+    mass = (inside.flatten(1).double() @ pos.T) / pos.sum(1).clamp_min(1e-12)  # (B, N)
+    flat = pos
+    peak = flat >= flat.amax(1, keepdim=True) * (1 - 1e-4)                  # (N, HW) peak pixels of each cell map
+    point = (inside.flatten(1).double() @ peak.double().T) / peak.sum(1).double()  # (B, N)
+    best = mass.argmax(1)
+    return GridOracle(mass.amax(1).float(), point.amax(1).float(), best)
+
+
+def peak_cells(maps: Tensor, grid_size: Sequence[int]) -> Tensor:
+    """Token-grid cell holding each map's maximum (first arg-max pixel).
+
+    Args:
+        maps: (B, H, W); grid_size: (h, w).
+
+    Returns:
+        (B,) cell indices r * w + c.
+    """
+    b, hh, ww = maps.shape
+    h, w = int(grid_size[0]), int(grid_size[1])
+    flat = maps.flatten(1).argmax(1)
+    r, c = flat // ww, flat % ww
+    return (r * h // hh) * w + (c * w // ww)
 
 
 # ---------------------------------------------------------------------------------------- agreement
@@ -359,29 +447,51 @@ def cascading_randomisation(model: torch.nn.Module, images: Tensor,
 # ------------------------------------------------------------------------------------- one table row
 def method_metrics(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
                    part_masks: Tensor | None = None, label_names: Sequence[str] | None = None,
-                   steps: int = 16, baseline: Baseline = "blur", with_road: bool = False) -> dict[str, float]:
+                   steps: int = 16, baseline: Baseline = "blur", with_road: bool = False,
+                   grid_size: Sequence[int] | None = None) -> dict[str, float]:
     """The ``explain/attribution_metrics`` numbers of one method on one batch (means over images).
 
     Args:
         model: classifier.
         images: (B, 3, H, W); maps: (B, H, W) in [0, 1]; targets: (B,) explained classes.
-        part_masks: (B, h, w) SynthFER part masks, or None (localisation columns are then NaN).
+        part_masks: (B, h, w) part masks, or None (localisation columns are then NaN).
         label_names: the run's class names (needed with ``part_masks``).
         steps, baseline: deletion/insertion settings.
         with_road: also compute pytorch-grad-cam's ROAD (slower: one sparse solve per image and percentile).
+        grid_size: (h, w) token grid: adds the grid oracle (``best_cell_part_mass``, ``best_cell_pointing``)
+            and where the maps peak (``peak_cell``: the most frequent peak cell as "r,c", ``peak_cell_count``:
+            on how many images the map peaks there).
 
     Returns:
-        ``{deletion_auc, insertion_auc, part_mass, nonpart_mass, pointing_game, n[, road]}``.
+        ``{deletion_auc, insertion_auc, part_mass, nonpart_mass, pointing_game, chance_part_mass,
+        part_mass_x_chance, n_localised, n[, best_cell_part_mass, best_cell_pointing, peak_cell,
+        peak_cell_count][, road]}``. Localisation averages over the images whose defining parts are
+        visible (``n_localised``); ``chance_part_mass`` is the part mass of a uniform map (the parts' area share).
     """
     di = deletion_insertion(model, images, maps, targets, steps=steps, baseline=baseline)
     row = {"deletion_auc": float(di.deletion_auc.mean()), "insertion_auc": float(di.insertion_auc.mean()),
            "part_mass": float("nan"), "nonpart_mass": float("nan"), "pointing_game": float("nan"),
            "n": int(images.shape[0])}
+    if grid_size is not None:
+        peaks = peak_cells(maps, grid_size)
+        mode = int(torch.bincount(peaks).argmax())
+        row.update(peak_cell=f"{mode // int(grid_size[1])},{mode % int(grid_size[1])}",
+                   peak_cell_count=int((peaks == mode).sum()))
     if part_masks is not None:
-        defining, nuisance = synthfer_part_ids(list(label_names), targets)
-        loc = localisation(maps, part_masks, defining, nuisance)
+        defining, nuisance = part_ids_for(list(label_names), targets)
+        pm = resize_masks(part_masks.to(maps.device), tuple(maps.shape[-2:]))
+        chance = chance_part_mass(pm, defining)
+        seen = chance > 0                                                  # defining parts visible
+        loc = localisation(maps[seen], pm[seen], [d for d, k in zip(defining, seen) if k], nuisance)
+        ch = float(chance[seen].mean()) if seen.any() else float("nan")
         row.update(part_mass=float(loc.part_mass.mean()), nonpart_mass=float(loc.nonpart_mass.mean()),
-                   pointing_game=float(loc.pointing_game.mean()))
+                   pointing_game=float(loc.pointing_game.mean()), chance_part_mass=ch,
+                   part_mass_x_chance=float(loc.part_mass.mean()) / ch if ch > 0 else float("nan"),
+                   n_localised=int(seen.sum()))
+        if grid_size is not None and seen.any():
+            oracle = grid_oracle(pm[seen], [d for d, k in zip(defining, seen) if k], grid_size)
+            row.update(best_cell_part_mass=float(oracle.part_mass.mean()),
+                       best_cell_pointing=float(oracle.pointing.mean()))
     if with_road:
         row["road"] = float(road(model, images, maps, targets).mean())
     return row

@@ -28,7 +28,7 @@ from train.errors import FerlensError
 from train.io import atomic_write_json, atomic_write_text, read_json
 from train.runs import artifacts_root
 
-from .figures import (FIGURES, MissingArtifacts, RunInfo, efficiency_table, intervention_data, load_runs,
+from .figures import (FIGURES, MissingArtifacts, RunInfo, efficiency_table, layer_position, load_runs,
                       probe_table, profile_data)
 
 DECODABLE_FRACTION = 0.9
@@ -108,20 +108,50 @@ def last_layer_keep(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["target"] != "expression", r["target"]))
 
 
-def intervention_summary(df: pd.DataFrame) -> dict[str, Any] | None:
-    """Mean-ablation of the CLS token: the baseline, the drop per layer and the largest drop."""
-    mean = df[df["mode"] == "mean"].sort_values("layer_index")
-    if mean.empty:
+def _iv_row(r: dict[str, Any]) -> dict[str, Any]:
+    lo, hi = _num(r.get("delta_lo")), _num(r.get("delta_hi"))
+    return {"layer": r["layer"], "layer_index": layer_position(r["layer"]), "mode": r["mode"],
+            "accuracy": float(r["accuracy"]), "delta": float(r["delta_accuracy"]),
+            "ci": [lo, hi] if lo is not None and hi is not None else None,
+            "collapsed": str(r.get("collapsed", "False")).lower() in ("true", "1"),
+            "majority_share": _num(r.get("majority_share"))}
+
+
+def intervention_summary(run: RunInfo) -> dict[str, Any] | None:
+    """The interventions of one run (``explain/interventions.csv``): the mean-CLS drop per layer, the largest
+    drop among rows that do not collapse to one class, the collapsed rows, and the patch control (the most-read
+    patch token vs one random patch token). None when the file is missing."""
+    path = run.file("explain/interventions.csv")
+    if not path.is_file():
         return None
-    worst = mean.loc[mean.delta_accuracy.idxmin()]
-    last = mean.iloc[-1]
-    return {"baseline": float(mean.baseline_accuracy.iloc[0]),
-            "n": int(mean["n"].iloc[0]) if "n" in mean and pd.notna(mean["n"].iloc[0]) else None,
-            "per_layer": [{"layer": r.layer, "layer_index": int(r.layer_index), "accuracy": float(r.accuracy),
-                           "delta": float(r.delta_accuracy)} for r in mean.itertuples()],
-            "worst_layer": worst.layer, "worst_layer_index": int(worst.layer_index),
-            "worst_delta": float(worst.delta_accuracy), "worst_accuracy": float(worst.accuracy),
-            "last_layer": last.layer, "last_delta": float(last.delta_accuracy)}
+    rows = [_iv_row(r) for r in pd.read_csv(path, keep_default_na=False).to_dict("records")
+            if r["layer"] not in ("none", "input")]
+    clean = pd.read_csv(path)
+    clean_row = clean[clean["mode"] == "clean"]
+    mean = sorted((r for r in rows if r["mode"] == "mean"), key=lambda r: r["layer_index"])
+    if not mean:
+        return None
+    baseline = (float(clean_row.accuracy.iloc[0]) if len(clean_row)
+                else mean[0]["accuracy"] - mean[0]["delta"])
+    n = int(clean["n"].iloc[0]) if "n" in clean and pd.notna(clean["n"].iloc[0]) else None
+    means_from = str(clean["means_from"].iloc[0]) if "means_from" in clean else None
+    finding = [r for r in mean if not r["collapsed"]]
+    worst = min(finding, key=lambda r: r["delta"]) if finding else None
+    last = mean[-1]
+    out: dict[str, Any] = {
+        "baseline": baseline, "n": n, "means_from": means_from, "per_layer": mean,
+        "worst_layer": worst["layer"] if worst else None, "worst_layer_index": worst["layer_index"] if worst else None,
+        "worst_delta": worst["delta"] if worst else None, "worst_accuracy": worst["accuracy"] if worst else None,
+        "worst_ci": worst["ci"] if worst else None,
+        "last_layer": last["layer"], "last_layer_index": last["layer_index"], "last_delta": last["delta"],
+        "last_ci": last["ci"], "last_collapsed": last["collapsed"], "last_majority_share": last["majority_share"],
+        "collapsed": [r for r in rows if r["collapsed"]]}
+    top = [r for r in rows if r["mode"] == "top_attended_patch"]
+    rnd = {r["layer"]: r for r in rows if r["mode"] == "random_patch"}
+    if top:
+        t = min(top, key=lambda r: r["delta"])
+        out["patch_control"] = {"layer": t["layer"], "layer_index": t["layer_index"], "top": t, "random": rnd.get(t["layer"])}
+    return out
 
 
 def localisation(run: RunInfo) -> list[dict[str, Any]] | None:
@@ -130,7 +160,23 @@ def localisation(run: RunInfo) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     df = pd.read_csv(path)
-    return [{k: (_num(v) if k != "method" else v) for k, v in row.items()} for row in df.to_dict("records")]
+    text = ("method", "layer", "peak_cell")
+    return [{k: (_num(v) if k not in text else (None if pd.isna(v) else str(v))) for k, v in row.items()}
+            for row in df.to_dict("records")]
+
+
+def cls_read_summary(run: RunInfo) -> dict[str, Any] | None:
+    """Where the CLS reads (``explain/cls_read.json``): the most-read cell and its share per block, and the
+    effective receptive field of block 0's most-read token (without the maps)."""
+    path = run.file("explain/cls_read.json")
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    out = {k: data.get(k) for k in ("grid_size", "image_size", "n")}
+    out["blocks"] = [{k: b[k] for k in ("block", "top_cell", "top_share", "patch_share")} for b in data.get("blocks", [])]
+    if "erf" in data:
+        out["erf"] = {k: v for k, v in data["erf"].items() if k != "map"}
+    return out
 
 
 def run_commands(run: RunInfo, demo_log: list[dict[str, Any]]) -> tuple[list[str], bool]:
@@ -151,10 +197,49 @@ def run_commands(run: RunInfo, demo_log: list[dict[str, Any]]) -> tuple[list[str
             f"train profile --run {name}"], False
 
 
+def machine_info() -> dict[str, Any]:
+    """The CPU the facts were measured on: ``lscpu``'s model name, core count, and which of the matmul paths
+    torch uses on it exists (AMX / AVX-512 BF16 / AVX2), from the CPU flags."""
+    import platform
+    import subprocess
+
+    info: dict[str, Any] = {"machine": platform.machine(), "cpu": None, "cores": os.cpu_count(), "isa": None}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    info["cpu"] = fields.get("Model name")
+    flags = set(fields.get("Flags", "").split())
+    if not flags and Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if {"amx_bf16", "amx_tile"} <= flags:
+        info["isa"] = "AMX + AVX-512 BF16"
+    elif "avx512_bf16" in flags:
+        info["isa"] = "AVX-512 BF16"
+    elif "avx512f" in flags:
+        info["isa"] = "AVX-512"
+    elif "avx2" in flags:
+        info["isa"] = "AVX2"
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        pass
+    return info
+
+
 def collect_facts(runs: Sequence[RunInfo]) -> dict[str, Any]:
     """Every number the report states, read from the runs' artifacts (missing parts are None)."""
     facts: dict[str, Any] = {"runs": [r.name for r in runs], "labels": [r.label for r in runs],
-                             "decodable_fraction": DECODABLE_FRACTION, "per_run": {}, "missing": {}}
+                             "decodable_fraction": DECODABLE_FRACTION, "per_run": {}, "missing": {},
+                             "machine": machine_info()}
     demo_log_path = artifacts_root() / "demo_commands.json"
     demo_log = read_json(demo_log_path).get("commands", []) if demo_log_path.is_file() else []
     for run in runs:
@@ -170,10 +255,11 @@ def collect_facts(runs: Sequence[RunInfo]) -> dict[str, Any]:
             rec["decodable"] = {t: decodable_layer(expr[expr.tokens == t]) for t in ("cls", "patch")
                                 if (expr.tokens == t).any()}
             rec["keep"] = last_layer_keep(probes)
-        try:
-            rec["interventions"] = intervention_summary(intervention_data([run]))
-        except MissingArtifacts as e:
-            facts["missing"].setdefault("interventions", []).append(str(e))
+        rec["interventions"] = intervention_summary(run)
+        if rec["interventions"] is None:
+            facts["missing"].setdefault("interventions", []).append(
+                f"{run.name}/explain/interventions.csv is missing; produce it with 'probe intervene --run {run.name}'.")
+        rec["cls_read"] = cls_read_summary(run)
         rec["localisation"] = localisation(run)
         if rec["localisation"] is None:
             facts["missing"].setdefault("localisation", []).append(
@@ -373,40 +459,9 @@ def _findings(facts: dict[str, Any], doc: Doc) -> None:
     if not any(rec.get("keep") for rec in runs.values()):
         doc.para("No attribute probes yet; run `probe linear --run RUN --tokens cls,patch --targets all`.")
 
-    doc.heading("CLS interventions")
-    sentences = []
-    for rec in runs.values():
-        iv = rec.get("interventions")
-        if iv:
-            sentences.append(
-                f"**{rec['label']}**: replacing the CLS token by its dataset mean drops the accuracy on "
-                f"{'the ' + str(iv['n']) + ' explained' if iv.get('n') else 'the explained'} test faces from "
-                f"{_pct(iv['baseline'])} to {_pct(iv['worst_accuracy'])} at {_layer_name(iv['worst_layer_index'])} "
-                f"(Δ = {100 * iv['worst_delta']:+.1f} pts, the largest drop); after the last block "
-                f"Δ = {100 * iv['last_delta']:+.1f} pts.")
-    doc.bullets(sentences)
-    if not sentences:
-        doc.para("No interventions yet; run `probe intervene --run RUN --data SPEC`.")
-
-    doc.heading("Localisation on the SynthFER answer key")
-    rows = []
-    for rec in runs.values():
-        for m in rec.get("localisation") or []:
-            rows.append([rec["label"], str(m.get("method")), _fmt(m.get("part_mass")), _fmt(m.get("pointing_game")),
-                         _fmt(m.get("deletion_auc")), _fmt(m.get("insertion_auc")), str(int(m["n"])) if m.get("n") else "–"])
-    doc.para("Part mass: share of positive attribution inside the parts that define the class; pointing game: "
-             "share of maps whose peak falls in those parts; deletion AUC lower and insertion AUC higher are better.")
-    doc.table(["variant", "method", "part mass", "pointing game", "deletion AUC", "insertion AUC", "n"], rows)
-    best = []
-    for rec in runs.values():
-        loc = [m for m in rec.get("localisation") or [] if m.get("part_mass") is not None]
-        if loc:
-            top = max(loc, key=lambda m: m["part_mass"])
-            best.append(f"in **{rec['label']}** {top['method']} puts the most mass on the defining parts "
-                        f"({_fmt(top['part_mass'])}, pointing game {_fmt(top.get('pointing_game'))})")
-    if best:
-        text = "; ".join(best)
-        doc.para(text[0].upper() + text[1:] + ".")
+    _interventions_section(runs, doc)
+    _localisation_section(runs, doc)
+    _cls_read_section(runs, doc)
 
     doc.heading("Efficiency")
     eff = facts.get("efficiency")
@@ -422,6 +477,120 @@ def _findings(facts: dict[str, Any], doc: Doc) -> None:
                 f"{e['throughput_ratio']:.2f}× the peak inference throughput" for e in eff[1:]) + ".")
     else:
         doc.para("No profiles yet; run `train profile --run RUN`.")
+
+
+def _pts(delta: float | None, ci: Sequence[float | None] | None = None) -> str:
+    """``−12.3 pts [−15.0, −9.6]`` (points of accuracy, paired bootstrap CI when given)."""
+    if delta is None:
+        return "n/a"
+    text = f"{100 * delta:+.1f} pts".replace("-", "−")
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]".replace("-", "−")
+    return text
+
+
+def _interventions_section(runs: dict[str, Any], doc: Doc) -> None:
+    doc.heading("CLS and patch interventions")
+    sentences = []
+    for rec in runs.values():
+        iv = rec.get("interventions")
+        if not iv:
+            continue
+        faces = f"the {iv['n']} evaluated" if iv.get("n") else "the evaluated"
+        src = "train-split mean" if iv.get("means_from") == "train" else "mean"
+        if iv.get("worst_layer_index") is not None:
+            s = (f"**{rec['label']}**: replacing the CLS token by its {src} drops the accuracy on {faces} test faces "
+                 f"from {_pct(iv['baseline'])} to {_pct(iv['worst_accuracy'])} at {_layer_name(iv['worst_layer_index'])} "
+                 f"(Δ = {_pts(iv['worst_delta'], iv.get('worst_ci'))}, paired bootstrap 95% CI; the largest drop "
+                 f"among layers where the predictions do not collapse to one class)")
+        else:
+            s = f"**{rec['label']}**: replacing the CLS token by its {src} collapses the predictions at every layer"
+        if iv.get("last_collapsed"):
+            s += (f". After the last block it collapses to one class ({_pct(iv.get('last_majority_share'))} of the "
+                  f"predictions are one class; Δ = {_pts(iv['last_delta'])}): the head then reads one constant vector, "
+                  f"so that drop restates the CLS readout rather than measuring what the CLS encodes.")
+        else:
+            s += f"; after the last block Δ = {_pts(iv['last_delta'], iv.get('last_ci'))}."
+        pc = iv.get("patch_control")
+        if pc:
+            s += (f" Mean-ablating the one patch token the CLS reads most costs {_pts(pc['top']['delta'], pc['top']['ci'])}"
+                  f" at {_layer_name(pc['layer_index'])}")
+            if pc.get("random"):
+                s += f", one random patch token {_pts(pc['random']['delta'], pc['random']['ci'])} (the control)"
+            s += "."
+        sentences.append(s)
+    doc.bullets(sentences)
+    if not sentences:
+        doc.para("No interventions yet; run `probe intervene --run RUN --data SPEC`.")
+
+
+def _localisation_section(runs: dict[str, Any], doc: Doc) -> None:
+    doc.heading("Localisation against the part answer key")
+    rows = []
+    for rec in runs.values():
+        for m in rec.get("localisation") or []:
+            xc = m.get("part_mass_x_chance")
+            rows.append([rec["label"], str(m.get("method")), _fmt(m.get("part_mass")),
+                         "–" if xc is None else f"{xc:.1f}×", _fmt(m.get("best_cell_part_mass")),
+                         _fmt(m.get("pointing_game")), _fmt(m.get("best_cell_pointing")),
+                         (f"{m['peak_cell']} ({int(m['peak_cell_count'])})" if m.get("peak_cell") and
+                          m.get("peak_cell_count") is not None else "–"),
+                         _fmt(m.get("deletion_auc")), _fmt(m.get("insertion_auc")),
+                         str(int(m["n"])) if m.get("n") else "–"])
+    doc.para("Part mass: share of positive attribution inside the parts that define the class, also as a multiple "
+             "of chance (the parts' share of the image area, what a uniform map scores); best cell: the best any "
+             "map on the token grid can score (all mass on the single best cell — no token-level map can beat it); "
+             "pointing game: share of maps whose peak falls in those parts; peak cell: the grid cell where most maps "
+             "peak (how many); deletion AUC lower and insertion AUC higher are better.")
+    doc.table(["variant", "method", "part mass", "× chance", "best cell", "pointing game", "best cell pointing",
+               "peak cell (n)", "deletion AUC", "insertion AUC", "n"], rows)
+    best = []
+    for rec in runs.values():
+        loc = [m for m in rec.get("localisation") or [] if m.get("part_mass") is not None]
+        if not loc:
+            continue
+        top = max(loc, key=lambda m: m["part_mass"])
+        text = (f"in **{rec['label']}** {top['method']} puts the most mass on the defining parts "
+                f"({_fmt(top['part_mass'])}, pointing game {_fmt(top.get('pointing_game'))}")
+        if top.get("part_mass_x_chance") is not None:
+            text += f"; {top['part_mass_x_chance']:.1f}× the chance level {_fmt(top.get('chance_part_mass'))}"
+        text += ")"
+        grid = [m for m in loc if m.get("best_cell_part_mass") is not None and m.get("peak_cell_count") is not None
+                and str(m.get("layer")) != "input"]
+        if grid:
+            g = grid[0]
+            text += (f"; a token-grid map can reach at most part mass {_fmt(g['best_cell_part_mass'])} / pointing "
+                     f"{_fmt(g.get('best_cell_pointing'))}, and " + ", ".join(
+                         f"{m['method']} peaks on cell {m['peak_cell']} in {int(m['peak_cell_count'])} of "
+                         f"{int(m['n'])} faces" for m in grid))
+        best.append(text)
+    if best:
+        text = "; ".join(best)
+        doc.para(text[0].upper() + text[1:] + ".")
+
+
+def _cls_read_section(runs: dict[str, Any], doc: Doc) -> None:
+    sentences = []
+    for rec in runs.values():
+        cr = rec.get("cls_read")
+        if not cr or not cr.get("blocks"):
+            continue
+        b0 = cr["blocks"][0]
+        s = (f"**{rec['label']}**: in block {b0['block']} the CLS puts {_pct(b0['top_share'])} of its attention on the "
+             f"token at cell {b0['top_cell']} (of a {cr['grid_size'][0]}×{cr['grid_size'][1]} grid; "
+             f"{_pct(b0['patch_share'])} on patches in all)")
+        erf = cr.get("erf")
+        if erf:
+            s += (f"; that token's effective receptive field (95% of its input gradient) spans {erf['height_px']}×"
+                  f"{erf['width_px']} px of the {cr['image_size'][0]}×{cr['image_size'][1]} input (rows "
+                  f"{erf['rows'][0]}–{erf['rows'][1]}, columns {erf['cols'][0]}–{erf['cols'][1]})")
+        others = [f"block {b['block']}: cell {b['top_cell']} ({_pct(b['top_share'])})" for b in cr["blocks"][1:]]
+        if others:
+            s += "; later blocks read " + ", ".join(others)
+        sentences.append(s + f" — mean over {cr['n']} test faces.")
+    if sentences:
+        doc.heading("Where the CLS token reads")
+        doc.bullets(sentences)
 
 
 def _fmt(x: Any, digits: int = 3) -> str:

@@ -38,6 +38,8 @@ DEMO_TARGETS = "expression,identity,yaw_bin,background,occluder,illumination,yaw
 # attention, Grad-CAM, IG) plus one cheap companion each; occlusion and Grad-CAM++/LayerCAM are left to
 # the user (they tripled the stages' time).
 EXPLAIN = {"rollout": [], "gradcam": ["--methods", "gradcam,eigencam"], "attribute": ["--methods", "ig,saliency"]}
+INTERVENE_N = 256
+DEMO_INTERVENTIONS = "mean,zero,patch_parts,top_attended_patch,random_patch"
 
 
 @dataclass
@@ -126,7 +128,11 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
         for method, extra in EXPLAIN.items():
             stages.append(Stage(f"{method} {run}", ["probe", method, "--run", run, "--n", str(n), *extra],
                                 [rdir[run] / "explain"], weights, [run], after=[fit]))
-        stages.append(Stage(f"intervene {run}", ["probe", "intervene", "--run", run, "--n", str(n)],
+        # Interventions at the CLI default n (256 test faces, means from 256 train faces) so the paired CIs
+        # resolve a few points; the shuffle rows are left to the user (the zero and mean rows bracket them).
+        iv_n = "24" if opts.quick else str(INTERVENE_N)
+        stages.append(Stage(f"intervene {run}", ["probe", "intervene", "--run", run, "--n", iv_n, "--n-reference", iv_n,
+                                                 "--modes", DEMO_INTERVENTIONS],
                             [rdir[run] / "explain" / "interventions.csv"], weights, [run], after=[fit]))
         profile = ["train", "profile", "--run", run, "--batch-sizes", "1,8" if opts.quick else "1,8,32,128"]
         stages.append(Stage(f"profile {run}", profile, [rdir[run] / "profile.json"], weights, [run], after=[fit]))

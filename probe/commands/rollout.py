@@ -12,7 +12,8 @@ from typing import Any
 
 DEFAULT_METHODS = ["rollout", "grad_rollout", "cls_attention"]
 METRIC_COLUMNS = ["method", "layer", "deletion_auc", "insertion_auc", "part_mass", "nonpart_mass",
-                  "pointing_game", "road", "sanity_spearman", "n"]
+                  "pointing_game", "chance_part_mass", "part_mass_x_chance", "best_cell_part_mass",
+                  "best_cell_pointing", "peak_cell", "peak_cell_count", "n_localised", "road", "sanity_spearman", "n"]
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser, default_methods: list[str]) -> None:
@@ -70,6 +71,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from probe import attribution, metrics, overlay
+    from train.models.adapters import model_spec, token_grid
     from train.io import atomic_write_csv, atomic_write_json
     from train.runs import artifacts_root, load_run
 
@@ -88,6 +90,7 @@ def run_explain(args: argparse.Namespace) -> int:
         return torch.cat([attribution.explain(mdl, x, method, target=t, layer=args.layer, **opts)
                           for x, t in zip(images.split(args.batch_size), tgts.split(args.batch_size))])
 
+    grid = token_grid(model, batch.images)
     rows, all_maps = [], {}
     for method in tqdm(methods, desc="methods"):
         maps = explain_all(model, batch.images, targets, method)          # (n, H, W)
@@ -95,7 +98,8 @@ def run_explain(args: argparse.Namespace) -> int:
         name = method if args.layer is None else f"{method}@{args.layer}"
         row = {"method": name, "layer": args.layer or _default_layer(model, method)}
         row.update(metrics.method_metrics(model, batch.images, maps, targets, batch.part_masks, label_names,
-                                          steps=args.steps, baseline=args.baseline, with_road=args.road))
+                                          steps=args.steps, baseline=args.baseline, with_road=args.road,
+                                          grid_size=grid))
         if args.sanity:
             cascade = metrics.cascading_randomisation(
                 model, batch.images, lambda mdl, x, t, m=method: explain_all(mdl, x, t, m), targets)
@@ -108,6 +112,16 @@ def run_explain(args: argparse.Namespace) -> int:
                                                          "split": args.split, "rows": table})
     atomic_write_csv(out / "attribution_metrics.csv", table, columns=[c for c in METRIC_COLUMNS
                                                                       if any(c in r for r in table)])
+    if getattr(args, "cls_read", False) and model_spec(model).cls_index is not None:
+        from probe.cls_read import cls_read_record
+
+        record = cls_read_record(model, batch.images, args.batch_size)
+        atomic_write_json(out / "cls_read.json", {"run": run_dir.name, "data": batch.dataset.spec,
+                                                  "split": args.split, **record})
+        if "erf" in record:
+            e = record["erf"]
+            print(f"CLS reads cell {e['cell']} most in block {e['read_in_block']}; its token's effective receptive "
+                  f"field spans {e['height_px']}x{e['width_px']} px of {record['image_size'][0]}x{record['image_size'][1]}")
     if len(all_maps) > 1:
         agree = _merge(out / "agreement.json", metrics.agreement_rows(all_maps), ("method_a", "method_b"))
         atomic_write_json(out / "agreement.json", {"rows": agree})
@@ -147,6 +161,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rollout head fusion (default: mean)")
     parser.add_argument("--discard-ratio", dest="discard_ratio", type=float, default=None,
                         help="rollout: share of the lowest attention weights dropped per layer (default: 0)")
+    parser.add_argument("--no-cls-read", dest="cls_read", action="store_false",
+                        help="skip explain/cls_read.json (mean CLS attention per cell and block, and the "
+                             "effective receptive field of the most-read token)")
 
 
 def run(args: argparse.Namespace) -> int:

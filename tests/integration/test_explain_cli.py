@@ -48,6 +48,14 @@ def test_explain_commands_merge_one_table(run_dir, _artifacts_root, capsys):
         for k in ("deletion_auc", "insertion_auc", "part_mass", "nonpart_mass", "pointing_game"):
             assert 0.0 <= float(r[k]) <= 1.0
         assert float(r["part_mass"]) + float(r["nonpart_mass"]) <= 1.0 + 1e-6
+        # chance = the defining parts' area share; the best single token cell bounds every token-level map
+        assert 0.0 < float(r["chance_part_mass"]) < float(r["best_cell_part_mass"]) <= 1.0
+        if r["method"] != "ig":
+            assert float(r["part_mass"]) <= float(r["best_cell_part_mass"]) + 1e-6
+        assert 1 <= int(r["peak_cell_count"]) <= 3
+    read = json.loads((run_dir / "explain" / "cls_read.json").read_text())
+    assert len(read["blocks"]) == 2 and read["erf"]["layer"] == "tokens"
+    assert 1 <= read["erf"]["height_px"] <= 32 and all(0 < b["patch_share"] <= 1 for b in read["blocks"])
     # re-running a method replaces its row instead of appending
     assert main(["gradcam", "--run", "cat", "--n", "2", "--steps", "2", "--methods", "gradcam"]) == 0
     table = json.loads((run_dir / "explain" / "attribution_metrics.json").read_text())["rows"]
@@ -63,12 +71,17 @@ def test_explain_commands_merge_one_table(run_dir, _artifacts_root, capsys):
 def test_intervene_writes_rows_per_layer_and_mode(run_dir, capsys):
     from probe.cli import main
 
-    assert main(["intervene", "--run", "cat", "--n", "4"]) == 0
+    assert main(["intervene", "--run", "cat", "--n", "4", "--n-reference", "6"]) == 0
     rows = _csv(run_dir / "explain" / "interventions.csv")
-    assert list(rows[0]) == ["layer", "mode", "accuracy", "delta_accuracy", "mean_logit_change", "n"]
+    from probe.intervene import COLUMNS
+
+    assert list(rows[0]) == COLUMNS
     keys = {(r["layer"], r["mode"]) for r in rows}
-    for mode in ("mean", "shuffle", "zero", "patch_parts"):
-        assert {("tokens", mode), ("blocks.0", mode), ("blocks.1", mode)} <= keys
+    for mode in ("mean", "shuffle", "zero", "patch_parts", "top_attended_patch", "random_patch"):
+        assert {("blocks.0", mode), ("blocks.1", mode)} <= keys
+    assert ("tokens", "mean") not in keys and ("tokens", "zero") in keys     # the trivial rows are dropped
+    assert {r["means_from"] for r in rows if r["mode"] in ("mean", "patch_parts")} == {"train"}
+    assert json.loads((run_dir / "explain" / "interventions.json").read_text())["reference"]["n"] == 6
     assert ("input", "counterfactual") in keys and ("input", "counterfactual_mouth") in keys
     last = next(r for r in rows if r["layer"] == "blocks.1" and r["mode"] == "patch_parts")
     assert float(last["mean_logit_change"]) == 0.0            # cataftermlp: CLS readout ignores final patches

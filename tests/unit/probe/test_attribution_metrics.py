@@ -125,3 +125,48 @@ def test_pointing_game_breaks_ties_over_the_whole_peak():
     sharp = torch.zeros(1, 8, 8)
     sharp[0, 3, 3] = 1.0
     assert metrics.pointing_game(sharp, mask).item() == 1.0
+
+
+def test_chance_part_mass_is_the_area_share_and_a_uniform_map_scores_it():
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[0, 4:10, 6:14] = 8                                  # 48 px mouth
+    masks[1, 20:24, 0:32] = 3                                 # 128 px brow
+    chance = metrics.chance_part_mass(masks, [[8], [3]])
+    assert chance.tolist() == pytest.approx([48 / 1024, 128 / 1024])
+    flat = torch.ones(2, 32, 32)
+    assert metrics.localisation(flat, masks, [[8], [3]], [0]).part_mass.tolist() == pytest.approx(chance.tolist())
+
+
+def test_grid_oracle_bounds_every_token_grid_map():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(3, 32, 32, dtype=torch.long)
+    masks[0, 9:15, 9:13] = 8
+    masks[1, 0:6, 26:32] = 8
+    masks[2, 14:30, 2:30] = 8
+    defining = [[8]] * 3
+    oracle = metrics.grid_oracle(masks, defining, (4, 4))
+    from probe.attribution import normalise_maps
+
+    best_seen = torch.zeros(3)
+    for _ in range(200):                                      # random non-negative 4x4 maps, upsampled like token maps
+        grid = torch.rand(3, 4, 4, generator=g) ** 4
+        maps = normalise_maps(grid, (32, 32))
+        pm = metrics.localisation(maps, masks, defining, [0]).part_mass
+        assert (pm <= oracle.part_mass + 1e-6).all()
+        best_seen = torch.maximum(best_seen, pm)
+    # the bound is reached by the one-hot map of the best cell
+    cells = metrics.cell_maps((4, 4), (32, 32))
+    for b in range(3):
+        top = metrics.localisation(cells[oracle.cell[b]][None], masks[b:b + 1], defining[:1], [0])
+        assert float(top.part_mass[0]) == pytest.approx(float(oracle.part_mass[b]), abs=1e-5)
+        assert float(top.pointing_game[0]) <= float(oracle.pointing[b]) + 1e-6
+    assert (oracle.part_mass > metrics.chance_part_mass(masks, defining)).all()
+    assert (oracle.part_mass >= best_seen - 1e-6).all() and (oracle.pointing <= 1).all()
+
+
+def test_peak_cells_and_peak_columns_in_method_metrics():
+    maps = torch.zeros(3, 32, 32)
+    maps[0, 12, 20] = 1.0                                     # row 12 → grid row 1, col 20 → grid col 2 (4x4)
+    maps[1, 31, 0] = 1.0
+    maps[2, 13, 21] = 1.0
+    assert metrics.peak_cells(maps, (4, 4)).tolist() == [1 * 4 + 2, 3 * 4 + 0, 1 * 4 + 2]

@@ -104,18 +104,28 @@ def _umap_rows(seed: int) -> list[dict]:
 
 
 def _interventions(acc: float) -> list[dict]:
-    rows = []
+    """``probe intervene`` rows: mean-CLS after the last block collapses to one class."""
+    rows = [{"layer": "none", "mode": "clean", "accuracy": acc, "delta_accuracy": 0.0, "delta_lo": 0.0, "delta_hi": 0.0,
+             "mean_logit_change": 0.0, "majority_share": 0.16, "collapsed": False, "means_from": "train", "n": 140}]
     for layer, idx in LAYERS[1:]:
-        for mode, drop in (("mean", 0.6), ("shuffle", 0.5), ("zero", 0.7), ("patch_parts", 0.2)):
+        for mode, drop in (("mean", 0.6), ("shuffle", 0.5), ("zero", 0.7), ("patch_parts", 0.2),
+                           ("top_attended_patch", 0.3), ("random_patch", 0.01)):
             d = -drop * (1 - idx / (DEPTH + 1)) * acc
+            last = mode == "mean" and idx == DEPTH
+            if last:
+                d = 1 / 7 - acc
             rows.append({"layer": layer, "mode": mode, "accuracy": acc + d, "delta_accuracy": d,
-                         "mean_logit_change": d * 3, "n": 140})
+                         "delta_lo": d - 0.03, "delta_hi": d + 0.03, "mean_logit_change": d * 3,
+                         "majority_share": 1.0 if last else 0.2, "collapsed": last, "means_from": "train", "n": 140})
     return rows
 
 
 def _attribution_metrics(shift: float) -> list[dict]:
-    return [{"method": m, "deletion_auc": 0.2 + shift, "insertion_auc": 0.7 - shift, "part_mass": 0.4 + i * 0.05 + shift,
-             "nonpart_mass": 0.6 - i * 0.05 - shift, "pointing_game": 0.5 + i * 0.1, "n": 64}
+    return [{"method": m, "layer": "input" if m == "ig" else "blocks.2", "deletion_auc": 0.2 + shift,
+             "insertion_auc": 0.7 - shift, "part_mass": 0.4 + i * 0.05 + shift,
+             "nonpart_mass": 0.6 - i * 0.05 - shift, "pointing_game": 0.5 + i * 0.1, "chance_part_mass": 0.05,
+             "part_mass_x_chance": (0.4 + i * 0.05 + shift) / 0.05, "best_cell_part_mass": 0.7,
+             "best_cell_pointing": 0.9, "peak_cell": "3,3", "peak_cell_count": 40 + i, "n_localised": 64, "n": 64}
             for i, m in enumerate(("rollout", "cls_attention", "gradcam", "ig"))]
 
 
@@ -140,7 +150,23 @@ def build_runs(root: Path) -> list[str]:
         atomic_write_csv(d / "probes" / "umap.csv", _umap_rows(k))
         atomic_write_csv(d / "explain" / "attribution_metrics.csv", _attribution_metrics(0.05 * k))
         atomic_write_csv(d / "explain" / "interventions.csv", _interventions(acc))
+        atomic_write_json(d / "explain" / "cls_read.json", _cls_read(k))
     return names
+
+
+def _cls_read(k: int) -> dict:
+    """``probe rollout``'s cls_read.json: the CLS reads cell (1, 2) of a 4x4 grid; the ERF is a 10x8 px box."""
+    grids = []
+    for b in range(DEPTH):
+        g = np.full((4, 4), 0.02)
+        g[1, 2] = 0.5 - 0.1 * b
+        grids.append({"block": b, "grid": g.tolist(), "top_cell": "1,2", "top_share": float(g[1, 2]),
+                      "patch_share": float(g.sum())})
+    erf = np.zeros((32, 32))
+    erf[8:18, 16:24] = 1.0 / 80
+    return {"grid_size": [4, 4], "n": 32, "image_size": [32, 32], "blocks": grids,
+            "erf": {"layer": "tokens", "cell": "1,2", "read_in_block": 0, "rows": [8, 17], "cols": [16, 23],
+                    "height_px": 10, "width_px": 8, "mass": 0.95, "map": erf.tolist()}}
 
 
 def fake_attribution_source(run: F.RunInfo, methods) -> F.AttributionGrid:
@@ -168,6 +194,7 @@ CSV_COLUMNS = {
     6: {"variant", "mode", "layer_index", "accuracy", "delta_accuracy", "baseline_accuracy"},
     7: {"variant", "batch_size", "throughput", "params", "macs"},
     8: {"variant", "epoch", "series", "value"},
+    9: {"variant", "panel", "kind", "row", "col", "value"},
 }
 
 
@@ -175,7 +202,7 @@ def test_every_figure_renders(runs, tmp_path):
     out = tmp_path / "figs"
     scale = 1.5  # half the default PNG resolution keeps the test fast; sizes below scale with it
     results = F.render_figures(runs, out, attribution_source=fake_attribution_source, scale=scale)
-    assert [r.number for r in results] == list(range(1, 9))
+    assert [r.number for r in results] == list(range(1, 10))
     assert not [r.note for r in results if r.skipped]
     for r in results:
         for fmt in ("png", "svg", "pdf", "csv"):
@@ -189,7 +216,7 @@ def test_every_figure_renders(runs, tmp_path):
         table = pd.read_csv(r.files["csv"])
         assert len(table) > 0 and CSV_COLUMNS[r.number] <= set(table.columns), (r.name, table.columns)
     manifest = json.loads((out / "figures.json").read_text())
-    assert manifest["runs"] == runs and len(manifest["figures"]) == 8
+    assert manifest["runs"] == runs and len(manifest["figures"]) == 9
 
 
 def test_figure_data_matches_artifacts(runs, _artifacts_root):
@@ -210,7 +237,8 @@ def test_figure_data_matches_artifacts(runs, _artifacts_root):
     assert set(fig4.stage) == {"early", "middle", "last"} and set(fig4.method) == {"umap"}
     assert fig4.groupby(["variant", "tokens", "stage"]).size().eq(70).all()
     fig6 = F.intervention_data(infos)
-    assert set(fig6["mode"]) == {"mean", "shuffle", "zero"}
+    assert set(fig6["mode"]) == {"mean", "shuffle", "zero", "top_attended_patch", "random_patch"}
+    assert fig6[fig6.collapsed].shape[0] == 2 and set(fig6[fig6.collapsed]["mode"]) == {"mean"}
     assert fig6.baseline_accuracy.round(6).groupby(fig6.variant).nunique().eq(1).all()
     table = F.efficiency_table(F.profile_data(infos))
     assert table.throughput_ratio.tolist() == pytest.approx([1.0, 1.3])
@@ -237,9 +265,9 @@ def test_helpers_and_bad_input():
     assert [F.layer_position(x) for x in ("tokens", "blocks.0", "blocks.11", "stem.stage3", 4)] == [0, 1, 12, -1, 4]
     assert F.layer_short("blocks.7") == "b7" and F.layer_short("tokens") == "emb"
     assert F.examples_per_class(np.array([2, 0, 0, 1, 2]), 1) == [1, 3, 0]
-    assert F.parse_only("1, 3") == [1, 3] and F.parse_only(None) == list(range(1, 9))
-    with pytest.raises(F.FerlensError, match="No figure 9"):
-        F.parse_only("9")
+    assert F.parse_only("1, 3") == [1, 3] and F.parse_only(None) == list(range(1, 10))
+    with pytest.raises(F.FerlensError, match="No figure 10"):
+        F.parse_only("10")
     with pytest.raises(F.FerlensError, match="not found"):
         F.load_runs(["no_such_run"])
 

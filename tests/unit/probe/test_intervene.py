@@ -1,6 +1,7 @@
 """CLS / patch interventions: properties that follow from each block type's wiring."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,14 +26,13 @@ def test_zeroing_cls_at_the_last_layer_changes_logits_and_mean_of_identical_imag
     x = torch.randn(4, 3, 32, 32)
     labels = torch.tensor([0, 1, 2, 3])
     rows = _rows(intervene.run_interventions(model, x, labels, modes=("zero", "mean", "shuffle")))
-    assert set(rows) == {("none", "clean")} | {(l, m) for l in ("tokens", "blocks.0", "blocks.1")
-                                               for m in ("zero", "mean", "shuffle")}
+    # the CLS token entering block 0 is the same learned vector for every image: mean and shuffle there
+    # are no-ops, so those rows are not produced
+    assert set(rows) == {("none", "clean"), ("tokens", "zero")} | {(l, m) for l in ("blocks.0", "blocks.1")
+                                                                   for m in ("zero", "mean", "shuffle")}
     assert abs(rows[("blocks.1", "zero")]["mean_logit_change"]) > 1e-4
     for r in rows.values():
         assert r["n"] == 4 and r["delta_accuracy"] == pytest.approx(r["accuracy"] - rows[("none", "clean")]["accuracy"])
-    # the CLS token entering block 0 is the same learned vector for every image: mean and shuffle are no-ops
-    assert rows[("tokens", "mean")]["mean_logit_change"] == pytest.approx(0.0, abs=1e-5)
-    assert rows[("tokens", "shuffle")]["mean_logit_change"] == pytest.approx(0.0, abs=1e-5)
     same = x[:1].expand(3, -1, -1, -1)
     rows = _rows(intervene.run_interventions(model, same, labels[:3], modes=("mean",)))
     assert rows[("blocks.1", "mean")]["mean_logit_change"] == pytest.approx(0.0, abs=1e-5)
@@ -102,3 +102,75 @@ def test_synthfer_counterfactual_swaps_only_the_part():
     far = ~torch.nn.functional.max_pool2d(mouth[:, None].float(), 9, 1, 4)[:, 0].bool()
     assert not (changed & far).any()                            # nothing changes away from the mouth
     assert not torch.equal(cf["counterfactual"], orig)
+
+
+def _planted(depth: int = 2, n: int = 64, seed: int = 0):
+    """A tiny model whose labels are its own clean predictions (the CLS readout carries the label)."""
+    torch.manual_seed(seed)
+    model = models.create_model("ferlens_tiny_vit_s3", num_classes=7, img_size=32, depth=depth,
+                                embed_dim=32, num_heads=2).eval()
+    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():                                     # the head reads the CLS's main directions of variation
+        f = model.forward_head(model.forward_features(x), pre_logits=True)   # (n, D)
+        mu = f.mean(0)
+        _, _, v = torch.linalg.svd(f - mu, full_matrices=False)
+        head = model.get_classifier()
+        head.weight.copy_(v[:7] * 100.0)
+        head.bias.copy_(-(v[:7] * 100.0) @ mu)
+        labels = model(x).argmax(-1)
+    return model, x, labels
+
+
+def test_planted_mean_cls_collapses_while_random_patch_costs_nothing():
+    model, x, labels = _planted()
+    assert labels.unique().numel() >= 2
+    ref = torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(9))     # the "train split"
+    rows = _rows(intervene.run_interventions(model, x, labels, modes=("mean", "random_patch", "top_attended_patch"),
+                                             reference=ref, n_boot=500))
+    clean = rows[("none", "clean")]
+    assert clean["accuracy"] == 1.0 and clean["means_from"] == "train"
+    last = rows[("blocks.1", "mean")]
+    # the head sees one constant vector: every prediction is one class, flagged instead of read as a finding
+    assert last["collapsed"] and last["majority_share"] == 1.0
+    share = float((labels == labels.mode().values).float().mean())
+    assert last["accuracy"] <= max(share, float(torch.bincount(labels, minlength=7).max()) / len(labels))
+    assert last["delta_accuracy"] < -0.2
+    # with the means of a different set, the replacement is that set's mean CLS: the predicted class is the
+    # class the head gives that mean (checked independently through the head)
+    stats = intervene.stream_stats(model, ref, ["blocks.1"])
+    with torch.no_grad():
+        const = model.forward_head(model.norm(stats.cls_mean("blocks.1")[None, None]))
+    assert last["accuracy"] == pytest.approx(float((labels == const.argmax(-1)).float().mean()))
+    # one random patch token after the last block is invisible to the CLS readout
+    rnd = rows[("blocks.1", "random_patch")]
+    assert rnd["delta_accuracy"] == 0.0 and not rnd["collapsed"]
+    assert rnd["mean_logit_change"] == pytest.approx(0.0, abs=1e-4)          # logits are ~100 here
+    # one token of 16 before the last block costs far less than the CLS (a 4x4 grid at 32 px)
+    assert abs(rows[("blocks.0", "random_patch")]["delta_accuracy"]) < abs(last["delta_accuracy"]) / 3
+    for r in rows.values():                                   # the paired CI covers the point estimate
+        assert r["delta_lo"] - 1e-12 <= r["delta_accuracy"] <= r["delta_hi"] + 1e-12
+        assert r["logit_lo"] - 1e-9 <= r["mean_logit_change"] <= r["logit_hi"] + 1e-9
+
+
+def test_paired_bootstrap_ci_covers_and_shrinks():
+    rng = np.random.default_rng(0)
+    before = (rng.random(400) < 0.9).astype(float)
+    after = before.copy()
+    after[rng.permutation(400)[:60]] = 0.0                     # a real drop
+    lo, hi = intervene.paired_ci(after, before, n_boot=1000)
+    d = after.mean() - before.mean()
+    assert lo <= d <= hi and hi < 0
+    lo2, hi2 = intervene.paired_ci(after[:100], before[:100], n_boot=1000)
+    assert (hi2 - lo2) > (hi - lo)                             # fewer images, wider interval
+    assert intervene.paired_ci(before, before) == (0.0, 0.0)   # no image changed
+
+
+def test_top_attended_patch_targets_the_most_read_cell():
+    model, x, labels = _planted(n=16)
+    stats = intervene.stream_stats(model, x, ["blocks.0"], with_attention=True)
+    from probe.cache import run_with_cache
+
+    cache = run_with_cache(model, x, names=["blocks.0.attn", "blocks.1.attn"])
+    read = torch.stack([cache[f"blocks.{i}.attn"][:, :, 0, 1:].mean(1) for i in range(2)]).mean(0)
+    assert torch.allclose(stats.cls_read, read, atol=1e-6)
+    assert stats.cls_read.shape == (16, model.grid_size[0] * model.grid_size[1])

@@ -63,7 +63,13 @@ def test_sections_state_selectivity_interventions_localisation_efficiency(runs, 
     iv = rep.facts["per_run"]["vit_fx"]["interventions"]
     assert iv["worst_layer_index"] == 0 and iv["baseline"] == pytest.approx(0.93)
     assert "test faces from 93.0% to 37.2%" in md
-    assert "| cataftermlp | ig | 0.600 | 0.800 | 0.250 | 0.650 | 64 |" in md
+    # after the last block mean-CLS collapses to one class: labelled, not reported as the largest drop
+    assert iv["last_collapsed"] and iv["worst_layer_index"] != iv["last_layer_index"]
+    assert "After the last block it collapses to one class (100.0% of the predictions are one class" in md
+    assert iv["patch_control"]["random"]["delta"] > iv["patch_control"]["top"]["delta"]
+    assert "one random patch token −0.9 pts [−3.9, +2.1] (the control)" in md
+    assert "| cataftermlp | ig | 0.600 | 12.0× | 0.700 | 0.800 | 0.900 | 3,3 (43) | 0.250 | 0.650 | 64 |" in md
+    assert "gradcam peaks on cell 3,3 in 42 of 64 faces" in md
     assert "cataftermlp has 0.77× the parameters, 0.77× the MACs and 1.30× the peak inference throughput" in md
     assert "train fit --model ferlens_tiny_vit_s3 --data synthfer:size=32,n=140,seed=0" in md
     assert '"lr": 0.0004' in md  # the config block comes from config.json
