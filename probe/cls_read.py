@@ -58,7 +58,7 @@ def cls_read_grid(model: nn.Module, images: Tensor, batch_size: int = 64) -> Cls
         for chunk in images.split(batch_size):
             model(chunk)
             for k, name in enumerate(names):
-                a = cls_attention_on_patches(model, cache[name])          # (B, N) or None
+                a = cls_attention_on_patches(model, cache[name], name)    # (B, N) or None
                 if a is not None:
                     sums[k] = sums[k] + a.sum(0) if k in sums else a.sum(0)
     blocks = sorted(sums)

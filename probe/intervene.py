@@ -100,16 +100,13 @@ def patched(model: nn.Module, name: str, fn: Callable[[Tensor], Tensor]) -> Iter
 
 
 def stream_layers(model: nn.Module) -> list[str]:
-    """Residual-stream hook points in forward order: ``tokens``, ``blocks.0`` … ``blocks.{L-1}``."""
-    return ["tokens"] + [f"blocks.{i}" for i in range(len(model.blocks))]
+    """Residual-stream hook points in forward order: ``tokens``, ``blocks.0`` … ``blocks.{L-1}`` (model spec)."""
+    return list(model_spec(model).token_layers)
 
 
 def attention_layers(model: nn.Module) -> list[str]:
-    """The attention hook points ``blocks.{i}.attn`` of ``model``."""
-    from .cache import hook_names
-
-    names = set(hook_names(model))
-    return [f"blocks.{i}.attn" for i in range(len(model.blocks)) if f"blocks.{i}.attn" in names]
+    """The attention hook points ``blocks.{i}.attn`` of ``model``, in forward order (model spec)."""
+    return list(model_spec(model).attention_layers)
 
 
 @dataclass
@@ -179,22 +176,23 @@ def cls_read(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor |
     with hooked(model, names) as cache:
         for chunk in images.split(batch_size):
             model(chunk)
-            maps = [m for m in (cls_attention_on_patches(model, cache[a]) for a in names) if m is not None]
+            maps = [m for m in (cls_attention_on_patches(model, cache[a], a) for a in names) if m is not None]
             if not maps:
                 return None
             read.append(torch.stack(maps).mean(0))
     return torch.cat(read)
 
 
-def cls_attention_on_patches(model: nn.Module, attn: Tensor) -> Tensor | None:
-    """(B, heads, Nq, K) attention → (B, N) the CLS query's weights on the patch keys, mean over heads; None
-    when the keys hold no patches. Class attention has one query (the CLS); otherwise the query sits at
-    the CLS index, and the keys are the final sequence's [prefix; patches]."""
-    lay = model_spec(model).final
-    if attn.shape[-1] <= lay.num_prefix:
+def cls_attention_on_patches(model: nn.Module, attn: Tensor, name: str) -> Tensor | None:
+    """(B, heads, Nq, K) attention of hook ``name`` → (B, N) the CLS query's weights on the patch keys, mean over
+    heads; None when the queries hold no CLS (CaiT's patch blocks) or the keys hold no patches (clsonly)."""
+    hook = model_spec(model).hook(name)
+    keys, queries = hook.layout, hook.query_layout
+    if keys is None or queries is None or queries.cls_index is None or not keys.patches:
         return None
-    q = 0 if attn.shape[-2] == 1 else int(lay.cls_index)
-    return attn[:, :, q, lay.num_prefix:].mean(1)
+    if attn.shape[-1] <= keys.num_prefix:
+        return None
+    return attn[:, :, queries.cls_index, keys.num_prefix:].mean(1)
 
 
 def derangement(n: int, seed: int = 0) -> Tensor:
