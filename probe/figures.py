@@ -584,7 +584,7 @@ def live_attribution_grid(run: RunInfo, methods: Sequence[str], per_class: int =
 def _part_mass(dataset, index: list[int], names: list[str], maps: dict[str, np.ndarray],
                labels: list[int]) -> dict[str, list[float]]:
     """Share of each map's mass inside the parts that define the true class (SynthFER only)."""
-    if not hasattr(dataset, "part_mask"):
+    if not getattr(dataset, "has_part_masks", hasattr(dataset, "part_mask")):
         return {}
     try:
         from train.data.synthfer import CLASS_PARTS, PART_NAMES

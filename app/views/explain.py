@@ -38,7 +38,7 @@ def dataset_image_ui(spec: str, split: str) -> tuple[Image.Image, np.ndarray | N
         return None
     truth = ds.label_names[int(ds.labels[index])]
     caption = f"{ds.sample_ids[index]} · true: {truth}"
-    mask = ds.part_mask(index) if hasattr(ds, "part_mask") else None
+    mask = ds.part_mask(index) if getattr(ds, "has_part_masks", hasattr(ds, "part_mask")) else None
     if hasattr(ds, "counterfactual") and st.toggle("Counterfactual: change one factor", key="ex_cf"):
         factors = ds.factors(index)
         c1, c2 = st.columns(2)

@@ -226,6 +226,7 @@ class Record:
     sample_id: str
     box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) crop in pixels
     soft: np.ndarray | None = None  # (C,) label distribution
+    landmarks: np.ndarray | None = None  # (K, 2) x, y in the pixels of the image as read (after the crop)
 
 
 class ImageFileDataset(FERDataset):
@@ -243,6 +244,31 @@ class ImageFileDataset(FERDataset):
         self.attr_kinds = dict(attr_kinds)
         self.sample_ids = [r.sample_id for r in records]
         self.skipped = list(skipped)  # (path, reason) of files dropped at load time
+        self.landmarks = [r.landmarks for r in records]
+
+    @property
+    def has_part_masks(self) -> bool:
+        """True when the samples carry landmarks that part masks can be drawn from."""
+        return any(lm is not None for lm in self.landmarks)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of image ``index`` as read (its crop box, else the file's header)."""
+        box = self.boxes[index]
+        if box is not None:
+            return box[2] - box[0], box[3] - box[1]
+        with Image.open(self.paths[index]) as im:
+            return im.size
+
+    def part_mask(self, index: int) -> np.ndarray:
+        """(H, W) uint8 part mask of sample ``index`` drawn from its landmarks (``train.data.landmarks``);
+        all background when the sample has none (localisation then skips it)."""
+        from .landmarks import part_mask_from_landmarks
+
+        w, h = self.image_size(index)
+        lm = self.landmarks[index]
+        if lm is None:
+            return np.zeros((h, w), dtype=np.uint8)
+        return part_mask_from_landmarks(lm, (w, h))
         self.dropped: dict[str, int] = {}  # reason -> samples left out by the dataset's convention
 
     def image_path(self, index: int) -> str:

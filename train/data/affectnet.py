@@ -23,6 +23,11 @@ Splits: AffectNet's test set is not public, so its validation set is ferlens' ``
 ``val`` is a deterministic, class-stratified ``val_frac`` (default 10%) of the training list drawn with
 ``seed`` (default 0); ``train`` is the rest.
 
+Part masks (``part_mask(i)``) are drawn from the 68-point landmarks AffectNet ships
+(``train.data.landmarks``, iBUG order): the file lists' ``facial_landmarks`` column ("x1;y1;…;x68;y68" in
+photo pixels, shifted into the face crop) or ``annotations/<id>_lnd.npy`` (136 values, x and y interleaved,
+in the cropped image's pixels). Rows without 68 points have no mask.
+
 Options: ``classes=7|8``, ``val_frac=0.1``, ``seed=0``, ``strict=0|1``.
 """
 from __future__ import annotations
@@ -98,9 +103,35 @@ def read_file_list(path: Path, image_root: Path, num_classes: int,
                 dropped[DROP_REASONS[code]] = dropped.get(DROP_REASONS[code], 0) + 1
                 continue
             box = (x, y, x + w, y + h) if w > 0 and h > 0 else None
+            points = _csv_landmarks(row[cols["facial_landmarks"]], where, (x, y) if box else (0, 0))
             records.append(F.Record(str(image_root / rel), label, {"valence": valence, "arousal": arousal},
-                                    str(Path(rel).with_suffix("")), box))
+                                    str(Path(rel).with_suffix("")), box, landmarks=points))
     return records
+
+
+def _csv_landmarks(text: str, where: str, offset: tuple[int, int]) -> np.ndarray | None:
+    """``facial_landmarks`` ("x1;y1;…") → (68, 2) in the crop's pixels, None unless it holds 68 points."""
+    from .landmarks import parse_points
+
+    try:
+        values = [float(v) for v in str(text).replace(",", ";").split(";") if v.strip()]
+    except ValueError:
+        return None
+    if len(values) != 136:
+        return None
+    return parse_points(values, where) - np.asarray(offset, dtype=np.float64)
+
+
+def _npy_landmarks(path: Path) -> np.ndarray | None:
+    """``<id>_lnd.npy`` (136 values) → (68, 2), None when absent or not 68 points."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
+    except (ValueError, OSError):
+        raise FerlensError(f"AffectNet landmarks {path} are not a readable numeric .npy; restore the file from "
+                           "the distribution.") from None
+    return arr.reshape(68, 2) if arr.size == 136 else None
 
 
 def _chain(head, tail):
@@ -145,7 +176,8 @@ def read_npy_set(folder: Path, num_classes: int, dropped: dict[str, int] | None 
             dropped[DROP_REASONS[code]] = dropped.get(DROP_REASONS[code], 0) + 1
             continue
         records.append(F.Record(str(folder / "images" / f"{sid}.jpg"), label,
-                                {"valence": valence, "arousal": arousal}, f"{folder.name}/{sid}"))
+                                {"valence": valence, "arousal": arousal}, f"{folder.name}/{sid}",
+                                landmarks=_npy_landmarks(ann / f"{sid}_lnd.npy")))
     return records
 
 

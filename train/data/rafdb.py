@@ -18,7 +18,13 @@ Splits: RAF-DB has only train and test. ``val`` is a deterministic, class-strati
 (default 10%) of the train list drawn with ``seed`` (default 0); ``train`` is the rest, so train and val
 never overlap and are the same on every machine.
 
-Options: ``images=aligned|original``, ``val_frac=0.1``, ``seed=0``, ``strict=0|1``.
+Part masks (``part_mask(i)``, for part mass and the pointing game): drawn from the landmarks
+(``train.data.landmarks``) — ``Annotation/auto/<stem>_auto_attri.txt`` (37 Face++ points, one "x y" line
+each) when present, else the 5 manual points (no brows). Both are in original-image pixels, so masks come with
+``images=original``; the aligned images were warped by a similarity transform RAF-DB does not ship, so an
+aligned split has no part masks (``has_part_masks`` is False). ``parts=auto|manual|none`` picks the source.
+
+Options: ``images=aligned|original``, ``val_frac=0.1``, ``seed=0``, ``strict=0|1``, ``parts=auto|manual|none``.
 """
 from __future__ import annotations
 
@@ -39,7 +45,8 @@ RAF_LABELS: dict[int, str] = {1: "surprise", 2: "fear", 3: "disgust", 4: "happin
                               6: "anger", 7: "neutral"}
 ATTR_NAMES = ("gender", "race", "age")
 ATTR_RANGES = {"gender": 3, "race": 3, "age": 5}
-OPTIONS = ("images", "val_frac", "seed", "strict")
+OPTIONS = ("images", "val_frac", "seed", "strict", "parts")
+AUTO_DIR = "Annotation/auto"
 
 
 def read_label_file(path: Path) -> list[tuple[str, int, int]]:
@@ -82,6 +89,23 @@ def read_manual_attrs(path: Path) -> dict[str, Any] | None:
     return {**values, "landmarks": landmarks}
 
 
+def read_auto_landmarks(path: Path) -> np.ndarray | None:
+    """Parse one ``*_auto_attri.txt`` (37 "x y" lines, Face++); None if absent."""
+    from .landmarks import parse_points
+
+    if not path.is_file():
+        return None
+    try:
+        values = [float(v) for v in path.read_text(encoding="utf-8", errors="replace").split()]
+    except ValueError:
+        raise FerlensError(f"{path} is not a RAF-DB auto landmark file (37 'x y' lines); restore it from the "
+                           "distribution.") from None
+    pts = parse_points(values, str(path))
+    if len(pts) != 37:
+        raise FerlensError(f"{path} has {len(pts)} landmarks; a RAF-DB auto file has 37 'x y' lines.")
+    return pts
+
+
 def image_dir(root: Path, images: str | None) -> tuple[Path, str]:
     """The image folder and its kind (``aligned`` or ``original``)."""
     kinds = [images] if images else ["aligned", "original"]
@@ -108,6 +132,7 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     val_frac = F.parse_fraction("val_frac", options.get("val_frac", "0.1"))
     seed = F.parse_int("seed", options.get("seed", "0"), lo=0)
     strict = F.parse_bool("strict", options.get("strict", "0"))
+    parts = F.parse_choice("parts", options["parts"], ("auto", "manual", "none")) if "parts" in options else "auto"
 
     base = F.require_root(root, "rafdb", f"{LABEL_FILE} and Image/aligned/")
     rows = read_label_file(F.require_file(base / LABEL_FILE, NAME, LABEL_FILE))
@@ -120,6 +145,8 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
         held = F.carve_split(np.asarray([r[1] for r in rows]), val_frac, seed)
         rows = [r for r, h in zip(rows, held) if h == (split == "val")]
 
+    auto_dir = base / AUTO_DIR
+    masks = kind == "original" and parts != "none"     # landmarks are in original-image pixels
     records = []
     for name, label, _ in rows:
         stem = Path(name).stem
@@ -127,6 +154,11 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
         if attr_dir.is_dir():
             attrs = (read_manual_attrs(attr_dir / f"{stem}_manu_attri.txt")
                      or {**{k: None for k in ATTR_NAMES}, "landmarks": None})
-        records.append(F.Record(str(image_path(folder, kind, name)), label, attrs, stem))
+        points = None
+        if masks:
+            points = read_auto_landmarks(auto_dir / f"{stem}_auto_attri.txt") if parts == "auto" else None
+            if points is None and attrs.get("landmarks") is not None:
+                points = np.asarray(attrs["landmarks"], dtype=np.float64)
+        records.append(F.Record(str(image_path(folder, kind, name)), label, attrs, stem, landmarks=points))
     kinds = {k: "categorical" for k in ATTR_NAMES} if attr_dir.is_dir() else {}
     return F.file_dataset(NAME, split, records, canonical(7), kinds, strict)
