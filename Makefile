@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED  ?= 0
 
-.PHONY: setup demo app test test-fast bench chromium clean
+.PHONY: setup demo app test test-fast bench chromium clean readme
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 app: setup
 	$(BIN)/streamlit run app/main.py
+
+# After `make demo`: rewrite README.md's generated blocks from the demo's facts.json (no number typed by hand).
+readme: setup
+	$(BIN)/python -m probe readme --facts artifacts/reports/demo/facts.json --readme README.md
 
 test: setup chromium
 	$(BIN)/python -m pytest -q tests

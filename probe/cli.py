@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "erase": ("probe.commands.erase", "LEACE concept erasure: probes and model accuracy before/after"),
     "figures": ("probe.commands.figures", "paper figures (PDF/SVG/PNG + tidy CSV)"),
     "report": ("probe.commands.report", "findings report (Markdown + HTML)"),
+    "readme": ("probe.commands.readme", "rewrite README.md's generated blocks from the demo's facts.json"),
 }
 
 
