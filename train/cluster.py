@@ -193,8 +193,7 @@ def run_jobs(executor, tasks: list[Task], opts: LaunchOptions, parallel: int,
                     state = "done" if o.ok else f"FAILED ({o.error}; log {o.log})"
                     echo(f"[{len(outcomes)}/{n} done] {tasks[i].label}: {state}")
                     continue
-                state = str(job.state)
-                line = f"{state.lower()} {tasks[i].progress() if state == 'RUNNING' else ''}".strip()
+                line = _status(job, tasks[i])
                 if shown.get(i) != line:
                     shown[i] = line
                     echo(f"[{len(outcomes)}/{n} done] {tasks[i].label}: {line} (job {job.job_id})")
@@ -212,6 +211,12 @@ def run_jobs(executor, tasks: list[Task], opts: LaunchOptions, parallel: int,
             if Path(executor.folder).name == "%j":
                 Path(executor.folder).rmdir()
     return [outcomes[i] for i in range(n)]
+
+
+def _status(job, task: Task) -> str:
+    """``pending`` / ``running epoch 3/100`` ...: submitit's job state plus the task's own progress while it runs."""
+    state = str(job.state)
+    return f"{state.lower()} {task.progress() if state == 'RUNNING' else ''}".strip()
 
 
 def _outcome(task: Task, job) -> Outcome:
