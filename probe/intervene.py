@@ -18,7 +18,7 @@ and at the input, ``counterfactual``: the same SynthFER face re-rendered with a 
 Each row reports accuracy, its change against the clean run with a paired bootstrap 95% CI (the same
 images before and after, resampled together), the mean change of the true-class logit (with its CI), and
 the share of the most frequent predicted class after the intervention: when it reaches
-``COLLAPSE_SHARE`` the row is flagged ``collapsed`` — every prediction is one class (e.g. mean-CLS after the
+``COLLAPSE_SHARE`` (and the clean predictions did not) the row is flagged ``collapsed`` — every prediction is one class (e.g. mean-CLS after the
 last block of a CLS readout: the head sees one constant vector), so its accuracy drop is a tautology, not a
 finding. ``mean`` and ``shuffle`` at ``tokens`` are left out: the CLS entering block 0 is the same learned
 vector for every image, so both are no-ops.
@@ -259,9 +259,12 @@ def score_row(logits: Tensor, labels: Tensor, clean: Tensor, n_boot: int = N_BOO
     d_lo, d_hi = paired_ci(right, clean_right, n_boot, seed)
     l_lo, l_hi = paired_ci(change, np.zeros_like(change), n_boot, seed)
     share = float(torch.bincount(pred).max()) / max(1, len(pred))
+    clean_share = float(torch.bincount(clean_pred).max()) / max(1, len(clean_pred))
+    # collapsed: the intervention (not the model already) makes every prediction one class
+    collapsed = share >= COLLAPSE_SHARE and clean_share < COLLAPSE_SHARE
     return dict(accuracy=float(right.mean()), delta_accuracy=float(right.mean() - clean_right.mean()),
                 delta_lo=d_lo, delta_hi=d_hi, mean_logit_change=float(change.mean()), logit_lo=l_lo,
-                logit_hi=l_hi, majority_share=share, collapsed=bool(share >= COLLAPSE_SHARE))
+                logit_hi=l_hi, majority_share=share, collapsed=bool(collapsed))
 
 
 def _replacement(mode: str, layer: str, ref: StreamStats, own: StreamStats, idx: Tensor, perm: Tensor,

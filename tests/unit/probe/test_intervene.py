@@ -174,3 +174,12 @@ def test_top_attended_patch_targets_the_most_read_cell():
     read = torch.stack([cache[f"blocks.{i}.attn"][:, :, 0, 1:].mean(1) for i in range(2)]).mean(0)
     assert torch.allclose(stats.cls_read, read, atol=1e-6)
     assert stats.cls_read.shape == (16, model.grid_size[0] * model.grid_size[1])
+
+
+def test_a_model_that_already_predicts_one_class_is_not_flagged_as_collapsed():
+    logits = torch.zeros(8, 7)
+    logits[:, 2] = 1.0                                         # the clean model always says class 2
+    row = intervene.score_row(logits.clone(), torch.arange(8) % 7, logits)
+    assert row["majority_share"] == 1.0 and not row["collapsed"]
+    varied = torch.eye(7)[torch.arange(8) % 7]
+    assert intervene.score_row(logits, torch.arange(8) % 7, varied)["collapsed"]
