@@ -175,11 +175,12 @@ def _metric(row: dict[str, Any], name: str) -> tuple[float, float, float]:
     return (float(value) if value is not None else np.nan, float(ci[0]), float(ci[1]))
 
 
-def probe_table(runs: Sequence[RunInfo]) -> pd.DataFrame:
-    """All probe rows of all runs as one frame (accuracy or R² with CI, selectivity, chance)."""
+def probe_table(runs: Sequence[RunInfo], probe: str | None = "linear") -> pd.DataFrame:
+    """All probe rows of all runs as one frame (accuracy or R² with CI, selectivity, chance), of one probe
+    family (``linear`` by default; None: all)."""
     records = []
     for run in runs:
-        for row in probe_rows(run):
+        for row in probe_rows(run, probe):
             metric = "accuracy" if "accuracy" in row.get("metric", {}) else "r2"
             value, lo, hi = _metric(row, metric)
             sel = row.get("selectivity")
@@ -195,6 +196,9 @@ def probe_table(runs: Sequence[RunInfo]) -> pd.DataFrame:
                 "chance": float(row["chance"]) if row.get("chance") is not None else np.nan,
                 "random_init_accuracy": row.get("random_init_accuracy"),
                 "n_test": row.get("n_test"), "dim": row.get("dim"),
+                "probe": row.get("probe", "linear"), "n_seeds": row.get("n_seeds"),
+                "cv_scheme": row.get("cv_scheme", "stratified"), "cv_groups": row.get("cv_groups"),
+                "control_kind": row.get("control_kind", "permutation"), "compression": row.get("compression"),
             })
     return pd.DataFrame.from_records(records)
 

@@ -6,8 +6,15 @@ HTML page (figures embedded as base64 PNG). Definitions used in the text:
 
 * **decodable layer** — the first layer (0 = token embedding, i = after block i) whose expression probe
   accuracy closes ``DECODABLE_FRACTION`` (90%) of the gap between chance and that readout's best layer.
-* **selectivity** — probe accuracy minus the accuracy of the same probe on a control task with the same
-  label marginals (Hewitt & Liang), as written by ``probe linear``.
+* **selectivity** — probe accuracy minus the accuracy of the same probe on a control task (Hewitt & Liang:
+  every *type* — an identity, or a k-means cluster of the stem features where identities never recur
+  across the identity-grouped folds — mapped to a fixed random class with the real label marginals), as
+  written by ``probe linear`` (its ``control_kind``).
+* **equivalence bound** — a target is called "not encoded" only with the upper end of its 95 % CI over
+  chance (``hi − chance``, CIs over folds × seeds of grouped CV): "identity ≤ +3.1 pts over chance". A
+  bound from fewer than ``MIN_SEEDS`` CV seeds is printed with that caveat.
+* **erasure** — LEACE (``probe erase``): probe accuracy after the concept is linearly erased, against
+  removing as many random directions; the causal version feeds the erased CLS through the rest of the model.
 * **intervention drop** — test accuracy after replacing the CLS token by its dataset mean after a block,
   minus the unmodified model's accuracy (``probe intervene``).
 """
@@ -32,6 +39,8 @@ from .figures import (FIGURES, MissingArtifacts, RunInfo, efficiency_table, laye
                       probe_table, profile_data)
 
 DECODABLE_FRACTION = 0.9
+MIN_SEEDS = 3  # CV seeds an equivalence bound needs to be stated without a caveat
+NOT_ENCODED_PTS = 0.05  # "not encoded": the 95 % upper bound is at most this far above chance
 
 
 # ------------------------------------------------------------------------------------------ facts
@@ -102,8 +111,14 @@ def last_layer_keep(rows: pd.DataFrame) -> list[dict[str, Any]]:
             r = last[last.tokens == tokens]
             if len(r):
                 r = r.iloc[0]
+                chance = _num(r.chance)
                 rec[tokens] = {"value": _num(r.value), "ci": [_num(r.lo), _num(r.hi)],
-                               "selectivity": _num(r.selectivity)}
+                               "selectivity": _num(r.selectivity),
+                               "upper_over_chance": (None if chance is None or _num(r.hi) is None
+                                                     or r.metric != "accuracy" else _num(r.hi) - chance),
+                               "n_seeds": None if pd.isna(r.get("n_seeds")) else int(r.get("n_seeds")),
+                               "cv_scheme": r.get("cv_scheme"), "cv_groups": r.get("cv_groups"),
+                               "control_kind": r.get("control_kind")}
         out.append(rec)
     return sorted(out, key=lambda r: (r["target"] != "expression", r["target"]))
 
@@ -152,6 +167,53 @@ def intervention_summary(run: RunInfo) -> dict[str, Any] | None:
         t = min(top, key=lambda r: r["delta"])
         out["patch_control"] = {"layer": t["layer"], "layer_index": t["layer_index"], "top": t, "random": rnd.get(t["layer"])}
     return out
+
+
+def erasure_summary(run: RunInfo) -> dict[str, Any] | None:
+    """``probes/erasure.json`` at the deepest layer erased: probe rows per (concept, target, tokens) and the
+    causal rows per concept (None when ``probe erase`` has not run)."""
+    path = run.file("probes/erasure.json")
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    rows = data.get("rows", [])
+    if not rows:
+        return None
+    deepest = max(r["layer_index"] for r in rows)
+    last = [r for r in rows if r["layer_index"] == deepest]
+    causal = data.get("causal", [])
+    cdeep = {}
+    for c in causal:
+        cdeep.setdefault(c["concept"], []).append(c)
+    return {"fit_split": data.get("fit_split"), "eval_split": data.get("eval_split"),
+            "layer": last[0]["layer"], "rows": last,
+            "causal": {k: sorted(v, key=lambda c: c["layer"]) for k, v in cdeep.items()}}
+
+
+def family_summary(run: RunInfo) -> list[dict[str, Any]] | None:
+    """MLP probe rows (``probe linear --probe mlp``) at their deepest layer, with MDL compression."""
+    try:
+        df = probe_table([run], probe="mlp")
+    except MissingArtifacts:
+        return None
+    if df.empty:
+        return None
+    df = df[df.layer_index >= 0]
+    out = []
+    for (target, tokens), part in df.groupby(["target", "tokens"], sort=False):
+        r = part.loc[part.layer_index.idxmax()]
+        out.append({"target": target, "tokens": tokens, "layer": r.layer, "metric": r.metric, "value": _num(r.value),
+                    "ci": [_num(r.lo), _num(r.hi)], "chance": _num(r.chance), "selectivity": _num(r.selectivity),
+                    "compression": _num(r.compression), "n_seeds": None if pd.isna(r.n_seeds) else int(r.n_seeds)})
+    return out
+
+
+def bound_text(v: dict[str, Any]) -> str:
+    """``≤ +3.1 pts over chance (95 % upper bound, 3 seeds)`` for one probe cell (see ``last_layer_keep``)."""
+    seeds = v.get("n_seeds")
+    caveat = "" if seeds is None or seeds >= MIN_SEEDS else f"; from {seeds} CV seed{'s' if seeds != 1 else ''}, " \
+        f"fewer than the {MIN_SEEDS} a bound needs"
+    return f"≤ {100 * v['upper_over_chance']:+.1f} pts over chance (95% upper bound{caveat})"
 
 
 def localisation(run: RunInfo) -> list[dict[str, Any]] | None:
@@ -260,6 +322,8 @@ def collect_facts(runs: Sequence[RunInfo]) -> dict[str, Any]:
             facts["missing"].setdefault("interventions", []).append(
                 f"{run.name}/explain/interventions.csv is missing; produce it with 'probe intervene --run {run.name}'.")
         rec["cls_read"] = cls_read_summary(run)
+        rec["erasure"] = erasure_summary(run)
+        rec["families"] = family_summary(run)
         rec["localisation"] = localisation(run)
         if rec["localisation"] is None:
             facts["missing"].setdefault("localisation", []).append(
@@ -410,7 +474,8 @@ def _findings(facts: dict[str, Any], doc: Doc) -> None:
         if cls and not cls["above_chance"]:
             sentences.append(f"In **{rec['label']}**, the CLS expression probe never exceeds chance "
                              f"({_pct(cls['chance'])}; best {_pct(cls['best_accuracy'])}{_ci(*cls['best_ci'])} at "
-                             f"layer {cls['best_layer_index']}): expression is not linearly decodable from CLS.")
+                             f"layer {cls['best_layer_index']}): expression is not linearly decodable from CLS "
+                             f"(≤ {100 * (cls['best_ci'][1] - cls['chance']):+.1f} pts over chance, 95% upper bound).")
         elif cls:
             s = (f"In **{rec['label']}**, expression becomes linearly decodable from the CLS token at "
                  f"{_layer_name(cls['layer_index'])}: {_pct(cls['accuracy'])}{_ci(*cls['ci'])} "
@@ -456,9 +521,24 @@ def _findings(facts: dict[str, Any], doc: Doc) -> None:
                              f"({_pct(top[tokens]['value'])}, selectivity {100 * top[tokens]['selectivity']:+.1f} pts)")
         if lines:
             doc.para(f"Among the non-expression factors of **{rec['label']}**, " + "; ".join(lines) + ".")
+        first = next((k[t] for k in keep for t in ("cls", "patch") if k.get(t)), None)
+        if first and first.get("cv_scheme"):
+            doc.para(f"Folds: {_folds_text(first)}; control task: `{first.get('control_kind')}`.")
+        bounds = []
+        for tokens, title in (("cls", "CLS"), ("patch", "mean patch")):
+            quiet = [k for k in nuisance if k.get(tokens) and k[tokens].get("upper_over_chance") is not None
+                     and k[tokens]["upper_over_chance"] <= NOT_ENCODED_PTS]
+            if quiet:
+                bounds.append(f"the {title} token does not encode " + ", ".join(
+                    f"**{k['target']}** ({bound_text(k[tokens])})" for k in quiet))
+        if bounds:
+            doc.para(f"Not encoded in **{rec['label']}** (upper 95% bound at most {100 * NOT_ENCODED_PTS:.0f} pts "
+                     "over chance): " + "; ".join(bounds) + ".")
     if not any(rec.get("keep") for rec in runs.values()):
         doc.para("No attribute probes yet; run `probe linear --run RUN --tokens cls,patch --targets all`.")
 
+    _families(runs, doc)
+    _erasure(runs, doc)
     _interventions_section(runs, doc)
     _localisation_section(runs, doc)
     _cls_read_section(runs, doc)
@@ -590,6 +670,77 @@ def _cls_read_section(runs: dict[str, Any], doc: Doc) -> None:
         sentences.append(s + f" — mean over {cr['n']} test faces.")
     if sentences:
         doc.heading("Where the CLS token reads")
+        doc.bullets(sentences)
+
+
+def _layer_order(name: str) -> int:
+    """``tokens`` → -1, ``blocks.{i}`` → i (the forward order of residual-stream hooks)."""
+    tail = name.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _folds_text(v: dict[str, Any]) -> str:
+    scheme = v.get("cv_scheme")
+    if scheme == "grouped":
+        return f"grouped by {v.get('cv_groups')} (no {v.get('cv_groups')} in a training and a test fold at once; " \
+               "the grouping attribute itself is probed within groups)"
+    return "stratified (not grouped: the dataset has no identity/subject attribute, or --group none)"
+
+
+def _families(runs: dict[str, Any], doc: Doc) -> None:
+    """Non-linear probe and MDL sentences (rows of ``probe linear --probe mlp --mdl``)."""
+    sentences = []
+    for rec in runs.values():
+        fam = rec.get("families")
+        if not fam:
+            continue
+        parts = []
+        for f in fam:
+            if f["metric"] != "accuracy":
+                continue
+            text = f"{f['target']} from {f['tokens']} {_pct(f['value'])}{_ci(*f['ci'])} (chance {_pct(f['chance'])}"
+            if f["ci"][1] is not None and f["chance"] is not None and f["ci"][1] - f["chance"] <= NOT_ENCODED_PTS:
+                text += "; " + bound_text({"upper_over_chance": f["ci"][1] - f["chance"], "n_seeds": f["n_seeds"]})
+            if f.get("compression") is not None:
+                text += f"; MDL compression {f['compression']:.2f}×"
+            parts.append(text + ")")
+        if parts:
+            sentences.append(f"**{rec['label']}** at {fam[0]['layer']}, one-hidden-layer MLP probe on the same folds: "
+                             + "; ".join(parts) + ".")
+    if sentences:
+        doc.heading("Non-linear probes and description length")
+        doc.para("An MLP probe that also fails is stronger evidence than a linear one; MDL compression is the "
+                 "uniform code length over the online code length (Voita & Titov 2020; 1× = the features say "
+                 "nothing about the labels).")
+        doc.bullets(sentences)
+
+
+def _erasure(runs: dict[str, Any], doc: Doc) -> None:
+    """LEACE erasure sentences (``probe erase``): probes before/after and the causal model accuracy."""
+    sentences = []
+    for rec in runs.values():
+        er = rec.get("erasure")
+        if not er:
+            continue
+        for r in er["rows"]:
+            lo, hi = r["ci95"]["random_control_after"]
+            sentences.append(
+                f"**{rec['label']}**, {r['tokens']} at {r['layer']}: erasing **{r['concept']}** (rank {r['rank']}) takes "
+                f"the {r['target']} probe from {_pct(r['before'])}{_ci(*r['ci95']['before'])} to "
+                f"{_pct(r['after'])}{_ci(*r['ci95']['after'])}; removing {r['rank']} random directions leaves "
+                f"{_pct(r['random_control_after'])}{_ci(lo, hi)} (chance {_pct(r['chance'])}).")
+        for concept, rows in er["causal"].items():
+            last = max(rows, key=lambda c: _layer_order(c["layer"]))
+            sentences.append(
+                f"**{rec['label']}**, causal: with **{concept}** erased from the CLS token at {last['layer']} and the "
+                f"rest of the model run on, its accuracy on {last['n']} test faces goes from "
+                f"{_pct(last['baseline_accuracy'])} to {_pct(last['accuracy'])}{_ci(*last['ci95']['accuracy'])} "
+                f"(random directions of the same rank: {_pct(last['random_control_accuracy'])}).")
+    if sentences:
+        doc.heading("Concept erasure (LEACE)")
+        fit = next(rec["erasure"] for rec in runs.values() if rec.get("erasure"))
+        doc.para(f"Erasers fitted on the {fit['fit_split']} split, probes on the {fit['eval_split']} split with "
+                 "the folds above; the control removes as many random directions (CI over its seeds).")
         doc.bullets(sentences)
 
 
