@@ -40,6 +40,16 @@ DEMO_TARGETS = "expression,identity,yaw_bin,background,occluder,illumination,yaw
 EXPLAIN = {"rollout": [], "gradcam": ["--methods", "gradcam,eigencam"], "attribute": ["--methods", "ig,saliency"]}
 INTERVENE_N = 256
 DEMO_INTERVENTIONS = "mean,zero,patch_parts,top_attended_patch,random_patch"
+# Reviewer-grade evidence at demo cost (issue 15), on the last layer only (``--layers all`` is the default of both
+# commands): LEACE erasure of identity and of expression from cls and patch — erasers fitted on the validation
+# split (800 faces; the train split's 6,400 would add an extraction of ~2 min per run), probes with 3-fold CV
+# × 3 seeds = 3 random-direction draws, the causal version on 128 test faces — and the one-hidden-layer MLP
+# probe with its MDL code length for expression and identity.
+ERASE_CONCEPTS = ("expression", "identity")
+ERASE = ["--tokens", "cls,patch", "--layers", "-1", "--cv", "3", "--seeds", "3", "--fit-split", "val",
+         "--causal-n", "128", "--engine", "torch"]
+MLP = ["--probe", "mlp", "--mdl", "--tokens", "cls,patch", "--targets", "expression,identity", "--layers", "-1",
+       "--cv", "3", "--seeds", "1"]
 
 
 @dataclass
@@ -125,6 +135,21 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
             Stage(f"umap {run}", ["probe", "umap", "--run", run], [rdir[run] / "probes" / "umap.csv"], weights, [run],
                   after=[f"extract {run}"]),
         ]
+        # erase and the MLP probes read-modify-write erasure.json / linear.json: each waits for the stage before
+        # it that writes the same file (and erase extracts the val split once, in its first stage)
+        erase_after = f"extract {run}"
+        for concept in ERASE_CONCEPTS:
+            extra = (["--tokens", "cls,patch", "--layers", "-1", "--cv", "2", "--seeds", "2", "--fit-split", "train",
+                      "--causal-n", "24"] + (["--targets", "expression"] if concept == "identity" else [])
+                     if opts.quick else ERASE)  # quick test splits hold one identity: it cannot be a probe target
+            stages.append(Stage(f"erase {concept} {run}", ["probe", "erase", "--run", run, "--data", spec, "--concept",
+                                                           concept, *extra],
+                                [rdir[run] / "probes" / "erasure.json"], weights, [run], after=[erase_after]))
+            erase_after = f"erase {concept} {run}"
+        mlp = (MLP[:MLP.index("--targets")] + ["--targets", "expression", "--layers", "-1", "--cv", "2", "--seeds", "1"]
+               if opts.quick else MLP)
+        stages.append(Stage(f"mlp probes {run}", ["probe", "linear", "--run", run, *mlp],
+                            [rdir[run] / "probes" / "linear.json"], weights, [run], after=[f"linear probes {run}"]))
         for method, extra in EXPLAIN.items():
             stages.append(Stage(f"{method} {run}", ["probe", method, "--run", run, "--n", str(n), *extra],
                                 [rdir[run] / "explain"], weights, [run], after=[fit]))

@@ -40,6 +40,11 @@ def test_plan_names_every_stage_in_order(tmp_path):
     assert set(by["figures"].after) == set(names[1:-2]) and by["report"].after == ["figures"]
     for stage in stages:  # every dependency is planned before the stage that needs it
         assert all(names.index(a) < names.index(stage.name) for a in stage.after)
+    # erasure and MLP/MDL stages; writers of the same json file run one after the other
+    assert by["erase expression quick_vit"].after == ["extract quick_vit"]
+    assert by["erase identity quick_vit"].after == ["erase expression quick_vit"]
+    assert by["mlp probes quick_vit"].after == ["linear probes quick_vit"]
+    assert {"--probe", "mlp", "--mdl"} <= set(by["mlp probes quick_vit"].argv)
     linear = by["linear probes quick_cataftermlp"].argv
     assert linear[:6] == ["probe", "linear", "--run", "quick_cataftermlp", "--tokens", "cls,patch"]
     assert linear[6:8] == ["--targets", "all"] and linear[-4:] == ["--cv", "3", "--seeds", "1"]
@@ -125,7 +130,8 @@ def test_quick_demo_runs_every_stage_then_skips(_artifacts_root):
     for run in ("quick_vit", "quick_cataftermlp"):
         d = root / "runs" / run
         for rel in ("config.json", "model.safetensors", "metrics.json", "history.csv", "profile.json",
-                    "probes/linear.json", "probes/cka.json", "probes/umap.csv", "explain/interventions.csv"):
+                    "probes/linear.json", "probes/cka.json", "probes/umap.csv", "explain/interventions.csv",
+                    "probes/erasure.json"):
             assert (d / rel).is_file(), f"{run}/{rel}"
         assert any((d / "features").rglob("index.json"))
         assert any((d / "explain").glob("attribution_metrics*"))

@@ -101,3 +101,34 @@ def test_cli_writes_self_contained_html_with_figures(runs, _artifacts_root, tmp_
     # The link in report.md resolves from the report folder.
     link = md.split("](", 1)[1].split(")", 1)[0]
     assert (out / link).resolve().is_file()
+
+
+def test_not_encoded_cites_the_upper_bound_and_erasure_and_mlp_sections_follow_artifacts(runs, _artifacts_root, tmp_path):
+    path = _linear(_artifacts_root, "vit_fx")
+    rows = json.loads(path.read_text())
+    last = max(r["layer_index"] for r in rows)
+    cell = next(r for r in rows if r["layer_index"] == last and r["tokens"] == "cls" and r["target"] != "expression"
+                and "accuracy" in r["metric"])
+    cell["metric"]["accuracy"], cell["ci95"]["accuracy"] = cell["chance"] + 0.01, [cell["chance"] - 0.01,
+                                                                                 cell["chance"] + 0.031]
+    cell["n_seeds"], cell["cv_scheme"], cell["cv_groups"] = 3, "grouped", "identity"
+    mlp = dict(cell, probe="mlp", compression=1.02)
+    path.write_text(json.dumps(rows + [mlp]))
+    erasure = {"run": "vit_fx", "fit_split": "train", "eval_split": "test", "concepts": ["identity"], "rows": [
+        {"layer": cell["layer"], "layer_index": last, "tokens": "cls", "concept": "identity", "target": "expression",
+         "metric": "accuracy", "before": 0.93, "after": 0.912, "random_control_after": 0.925, "rank": 19,
+         "chance": 0.16, "ci95": {"before": [0.9, 0.96], "after": [0.89, 0.93], "random_control_after": [0.92, 0.93]}}],
+        "causal": [{"layer": cell["layer"], "concept": "identity", "baseline_accuracy": 0.93, "accuracy": 0.9,
+                    "random_control_accuracy": 0.92, "ci95": {"accuracy": [0.87, 0.93]}, "rank": 19, "n": 128}]}
+    (_artifacts_root / "runs" / "vit_fx" / "probes" / "erasure.json").write_text(json.dumps(erasure))
+    md = R.build_report(runs, tmp_path / "r", figures_dir=tmp_path / "none").markdown
+    assert f"**{cell['target']}** (≤ +3.1 pts over chance (95% upper bound))" in md
+    assert "erasing **identity** (rank 19) takes the expression probe from 93.0% [90.0, 96.0] to 91.2% [89.0, 93.0]" in md
+    assert "removing 19 random directions leaves 92.5% [92.0, 93.0]" in md
+    assert "its accuracy on 128 test faces goes from 93.0% to 90.0% [87.0, 93.0]" in md
+    assert "MDL compression 1.02×" in md
+    # one seed: the bound carries the caveat
+    cell["n_seeds"] = 1
+    path.write_text(json.dumps(rows))
+    md = R.build_report(runs, tmp_path / "r", figures_dir=tmp_path / "none").markdown
+    assert "from 1 CV seed, fewer than the 3 a bound needs" in md
