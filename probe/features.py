@@ -257,6 +257,7 @@ def batch_readouts(model, images, *, layers: Sequence[str], stem: str | None, pa
     names = list(layers) + ([stem] if stem else [])
     with torch.inference_mode():
         cache = run_with_cache(model, images, names=names)
+    _check_token_shapes(cache, layers, type(model).__name__)
     cls = [spec.cls(cache[n], n) for n in layers if spec.layout(n).cls_index is not None]       # each (B, D)
     patches = [spec.patches(cache[n], n) for n in layers if spec.layout(n).patches]            # each (B, N, D)
     out: dict[str, np.ndarray] = {}
@@ -272,6 +273,23 @@ def batch_readouts(model, images, *, layers: Sequence[str], stem: str | None, pa
     if stem:
         out["stem"] = cache[stem].float().mean((2, 3)).cpu().numpy()  # (B, C)
     return out
+
+
+def _check_token_shapes(cache: dict[str, Any], layers: Sequence[str], model_name: str) -> None:
+    """Every token hook must hold a (B, T, D) sequence with one D (a hook map pointing at a CNN stage or at
+    modules of different widths would otherwise fail deep inside torch.stack)."""
+    dims = {}
+    for name in layers:
+        shape = tuple(getattr(cache[name], "shape", ()))
+        if len(shape) != 3:
+            raise FerlensError(f"The hook point '{name}' of {model_name} holds a tensor of shape {shape}, not a token "
+                               "sequence (B, T, D); point it at a module that outputs tokens (fix model.hook_map "
+                               "in the run config or --hook-map).")
+        dims[name] = shape[-1]
+    if len(set(dims.values())) > 1:
+        shown = ", ".join(f"{k}: D={v}" for k, v in list(dims.items())[:4])
+        raise FerlensError(f"The token hook points of {model_name} differ in width ({shown}); map 'blocks' to modules "
+                           "of one residual stream (fix model.hook_map in the run config or --hook-map).")
 
 
 def discover_layout(model, image) -> Layout:
@@ -320,7 +338,8 @@ def _iter_batches(model, dataset, indices: Sequence[int], *, layout: Layout, bat
 
     device = _device(model)
     offset = 0
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
+    quiet = {} if progress else {"disable": True}  # an explicit disable=False would override TQDM_DISABLE
+    bar = tqdm(total=len(indices), desc=desc, unit="img", **quiet)
     for images, *_ in _loader(dataset, indices, batch_size):
         if not hasattr(images, "shape"):
             raise FerlensError("The dataset yields PIL images; load it with transform=train.engine.make_eval_transform(config).")
@@ -622,36 +641,36 @@ def extract_to_disk(run: str | os.PathLike, spec: str | None = None, split: str 
                 _open_arrays(folder, shapes, create=True)
                 atomic_write_json(folder / "progress.json", state)
             except BaseException:  # nothing started: leave no empty folders (features/<slug>-<split>)
-                for p in folder.glob("*.npy.partial"):
-                    p.unlink()
-                for d in (folder, folder.parent):
-                    try:
-                        d.rmdir()
-                    except OSError:
-                        break
+                _remove_unstarted(folder)
                 raise
     _barrier(world)
     arrays = _open_arrays(folder, shapes, create=False)
     mine = np.arange(rank, n, world)
     done = _rank_done(folder, rank)
     todo = mine[done:] if stop_after is None else mine[done:done + stop_after]
-    for offset, out in _iter_batches(model, dataset, todo, layout=layout, batch_size=batch_size,
-                                     patch_tokens=patch_tokens, readouts=readouts,
-                                     desc=f"extract {split}" + (f" [rank {rank}]" if world > 1 else ""),
-                                     progress=progress and rank == 0):
-        rows = todo[offset: offset + len(next(iter(out.values())))]
-        for name, arr in arrays.items():
-            if not np.isfinite(out[name]).all():
-                raise FerlensError(f"The '{name}' features of run {run_dir.name} contain NaN/inf; check the run's "
-                                   "weights (its training loss may have diverged).")
-            arr[rows] = out[name]
-        for arr in arrays.values():
-            arr.flush()
-        atomic_write_json(folder / f"progress.rank{rank}.json", {"done": done + offset + len(rows)})
-        if os.environ.get(DEBUG_KILL_ENV) == str(done + offset + len(rows)):  # test hook (crash safety)
-            import signal
+    try:
+        for offset, out in _iter_batches(model, dataset, todo, layout=layout, batch_size=batch_size,
+                                         patch_tokens=patch_tokens, readouts=readouts,
+                                         desc=f"extract {split}" + (f" [rank {rank}]" if world > 1 else ""),
+                                         progress=progress and rank == 0):
+            rows = todo[offset: offset + len(next(iter(out.values())))]
+            for name, arr in arrays.items():
+                if not np.isfinite(out[name]).all():
+                    raise FerlensError(f"The '{name}' features of run {run_dir.name} contain NaN/inf; check the run's "
+                                       "weights (its training loss may have diverged).")
+                arr[rows] = out[name]
+            for arr in arrays.values():
+                arr.flush()
+            atomic_write_json(folder / f"progress.rank{rank}.json", {"done": done + offset + len(rows)})
+            if os.environ.get(DEBUG_KILL_ENV) == str(done + offset + len(rows)):  # test hook (crash safety)
+                import signal
 
-            os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
+    except BaseException:
+        if world == 1 and done == 0 and _rank_done(folder, 0) == 0:  # failed before its first batch: no folder
+            del arrays
+            _remove_unstarted(folder)
+        raise
     _barrier(world)
     if rank == 0 and all(_rank_done(folder, r) >= len(range(r, n, world)) for r in range(world)):
         _finalize(folder, arrays, dataset, layout, config, run_dir, spec, split, fp, readouts, patch_tokens)
@@ -661,6 +680,19 @@ def extract_to_disk(run: str | os.PathLike, spec: str | None = None, split: str 
 
         dist.destroy_process_group()
     return folder
+
+
+def _remove_unstarted(folder: Path) -> None:
+    """Delete an extraction that wrote no sample (its partial arrays, progress.json, empty folders);
+    one that wrote samples stays and resumes."""
+    for p in [*folder.glob(".*.npy.partial"), folder / "progress.json"]:
+        if p.exists():
+            p.unlink()
+    for d in (folder, folder.parent):
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _rank_done(folder: Path, rank: int) -> int:

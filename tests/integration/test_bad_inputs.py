@@ -550,3 +550,18 @@ def test_worker_error_is_its_sentence(tmp_path, capsys, _artifacts_root):
     left = sorted(p.name for p in (_artifacts_root / "runs").iterdir()) if (_artifacts_root / "runs").exists() else []
     # the bad image may come after the first good step: then the run is published and resumable
     assert left == [] or (left == ["tiny"] and (_artifacts_root / "runs" / "tiny" / "config.json").is_file()), left
+
+
+def test_hook_map_onto_a_cnn_stage_is_one_sentence(tmp_path, capsys, monkeypatch):
+    """A hook map whose token points name CNN feature maps (B, C, H, W) fails in one sentence before
+    anything is extracted, and leaves no features folder."""
+    monkeypatch.setenv("FERLENS_ARTIFACTS", str(tmp_path))
+    assert train_main(["fit", "--model", "resnet18", "--data", "synthfer:size=32,n=150", "--img_size", "32",
+                       "--epochs", "1", "--batch_size", "16", "--bootstrap", "10", "--warmup_epochs", "0",
+                       "--threads", "1", "--run_name", "r18"]) == 0
+    cfg_path = tmp_path / "runs" / "r18" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["hook_map"] = {"blocks": "layer1", "tokens": "conv1"}
+    cfg_path.write_text(json.dumps(cfg))
+    line = run_cli(probe_main, ["extract", "--run", "r18"], capsys, tmp_path)
+    assert "'tokens'" in line and "(B, T, D)" in line and "hook_map" in line, line
