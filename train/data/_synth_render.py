@@ -632,8 +632,9 @@ def landmarks(factors: Mapping[str, Any]) -> np.ndarray:
                     [cu - w, corner_v], [cu + w, corner_v - p["asym"]]])  # (5, 2) face (u, v)
     s, r = float(factors["scale"]), math.radians(float(factors["roll"]))
     c, sn = math.cos(r), math.sin(r)
-    gx = float(factors["tx"]) + s * (c * pts[:, 0] - sn * pts[:, 1])
-    gy = float(factors["ty"]) + s * (sn * pts[:, 0] + c * pts[:, 1])
+    u, v = pts.T                                                        # (5,), (5,)
+    gx = float(factors["tx"]) + s * (c * u - sn * v)
+    gy = float(factors["ty"]) + s * (sn * u + c * v)
     size = int(factors["size"])
     return np.stack([(gx + 1) * size / 2 - 0.5, (gy + 1) * size / 2 - 0.5], axis=1)
 

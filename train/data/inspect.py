@@ -68,10 +68,10 @@ def _size_stats(ds: FERDataset, sample: int) -> dict[str, Any]:
             bad += 1
     if not sizes:
         return {"sampled": int(len(idx)), "unreadable": bad}
-    wh = np.asarray(sizes, dtype=np.float64)  # (S, 2)
+    width, height = np.asarray(sizes, dtype=np.float64).T  # (S,), (S,)
     return {"sampled": int(len(idx)), "unreadable": bad,
-            "width": {"min": int(wh[:, 0].min()), "mean": float(wh[:, 0].mean()), "max": int(wh[:, 0].max())},
-            "height": {"min": int(wh[:, 1].min()), "mean": float(wh[:, 1].mean()), "max": int(wh[:, 1].max())}}
+            "width": {"min": int(width.min()), "mean": float(width.mean()), "max": int(width.max())},
+            "height": {"min": int(height.min()), "mean": float(height.mean()), "max": int(height.max())}}
 
 
 def info(spec: str, sample: int = 32) -> dict[str, Any]:
