@@ -112,7 +112,8 @@ def run_all(names: Sequence[str], out: Path, budget: float, timeout: float) -> d
 
 def print_table(report: dict[str, Any]) -> None:
     m = report["machine"]
-    print(f"\nmachine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')} "
+    print(f"\nmachine: {m.get('cpu')} ({m.get('isa_label')}: {m.get('isa_reason')}), {m.get('cores')} cores, "
+          f"torch {m.get('torch')} "
           f"({m.get('torch_threads')} threads), OMP_NUM_THREADS={m.get('omp_num_threads')}")
     print(f"{'benchmark':24s} {'status':8s} {'seconds':>8s}  headline")
     for name, r in report["benchmarks"].items():
@@ -136,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FerlensError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
+    from train.demo import machine
+
+    m = machine()
+    print(f"bench on {m.get('cpu')} ({m.get('isa_label')}), {m.get('cores')} cores", flush=True)
     report = run_all(names, Path(args.out), args.budget, args.timeout)
     print_table(report)
     print(f"wrote {args.out}")
