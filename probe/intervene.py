@@ -221,7 +221,7 @@ def part_cells(part_masks: Tensor, part_ids: Sequence[Sequence[int]], grid_size:
     from .metrics import part_masks_for
 
     inside = part_masks_for(part_masks, part_ids).float()[:, None]     # (n, 1, H, W)
-    cover = F.adaptive_avg_pool2d(inside, tuple(int(g) for g in grid_size))[:, 0]  # (n, h, w)
+    cover = F.adaptive_avg_pool2d(inside, tuple(int(g) for g in grid_size)).squeeze(1)  # (n, h, w)
     return (cover >= min_cover).flatten(1)
 
 
@@ -255,7 +255,7 @@ def score_row(logits: Tensor, labels: Tensor, clean: Tensor, n_boot: int = N_BOO
     pred, clean_pred = logits.argmax(-1), clean.argmax(-1)
     right = (pred == labels).double().numpy()
     clean_right = (clean_pred == labels).double().numpy()
-    change = (logits - clean).gather(1, labels[:, None])[:, 0].double().numpy()
+    change = (logits - clean).gather(1, labels[:, None]).squeeze(1).double().numpy()
     d_lo, d_hi = paired_ci(right, clean_right, n_boot, seed)
     l_lo, l_hi = paired_ci(change, np.zeros_like(change), n_boot, seed)
     share = float(torch.bincount(pred).max()) / max(1, len(pred))
