@@ -352,9 +352,16 @@ def _stack(xs: list[np.ndarray]):
 
 def batched_logreg(X, Y, weights, lam, n_classes: int, max_iter: int = 100, tol: float = 1e-4, init=None,
                    history: int = 10):
-    """Fit P × R independent L2-regularized multinomial logistic regressions at once
-    (``probe.logreg.logreg_rotated`` on the principal axes of each feature matrix, preconditioned by
-    Böhning's Hessian bound; one L-BFGS per problem, all in lockstep).
+    """Fit P × R independent L2-regularized multinomial logistic regressions at once.
+
+    Each problem gets its own L-BFGS (two-loop recursion, ``history`` pairs, Armijo backtracking) but all
+    problems advance together: one iteration is two batched matmuls over the loss and gradient of every
+    feature matrix (row p) that still has an active problem, written out in closed form (softmax −
+    one-hot); rows whose R problems have all converged leave the batch. A problem stops when its largest
+    gradient entry is ≤ ``tol`` — sklearn's ``lbfgs`` stopping rule (``gtol``) on the same objective —
+    or after ``max_iter`` iterations. Hand-written: neither torch nor scipy solves many independent
+    problems with separate line searches in one call (one L-BFGS over the concatenated problems, the
+    previous design, makes every problem wait for the worst-conditioned one's curvature).
 
     Minimizes, for every feature matrix p and label set r,
     ``sum_i w[r,i] CE(x_pi W_pr + b_pr, y_ri) / sum_i w[r,i] + lam[p,r]/2 ||W_pr||²``; with
@@ -375,14 +382,91 @@ def batched_logreg(X, Y, weights, lam, n_classes: int, max_iter: int = 100, tol:
     """
     import torch
 
-    from .logreg import logreg_rotated, principal_axes
-
     P, n, D = X.shape
-    s, U = principal_axes(X)
-    if init is not None:  # into the rotated basis: U^T W
-        init = (torch.einsum("pdj,pdrk->pjrk", U, init[0]), init[1])
-    W, b = logreg_rotated(torch.bmm(X, U), s, Y, weights, lam, n_classes, max_iter, tol, init, history)
-    return torch.einsum("pdj,pjrk->pdrk", U, W).contiguous(), b
+    R, K, D1 = Y.shape[0], n_classes, D + 1
+    Xb = torch.cat([X, torch.ones(P, n, 1, dtype=X.dtype)], 2)  # (P, n, D+1): the bias is the last row of W
+    XbT = Xb.transpose(1, 2).contiguous()  # (P, D+1, n)
+    w = (weights / weights.sum(1, keepdim=True)).T.to(X.dtype).contiguous()  # (n, R)
+    onehot = torch.nn.functional.one_hot(Y.T, K).to(X.dtype)  # (n, R, K)
+    lam4 = lam.to(X.dtype)[:, None, :, None]  # (P, 1, R, 1)
+    W = torch.zeros(P, D1, R, K, dtype=X.dtype)
+    if init is not None:
+        W[:, :D] = init[0]
+        W[:, D] = init[1]
+
+    def loss_grad(W):  # W (P, D+1, R, K) -> loss (P, R), grad (P, D+1, R, K)
+        P = W.shape[0]
+        Z = torch.bmm(Xb, W.reshape(P, D1, R * K)).view(P, n, R, K)
+        lse = torch.logsumexp(Z, -1, keepdim=True)  # (P, n, R, 1)
+        ce = ((lse.squeeze(-1) - (Z * onehot).sum(-1)) * w).sum(1)  # (P, R)
+        G = (torch.exp(Z - lse) - onehot) * w[..., None]  # (P, n, R, K)
+        g = torch.bmm(XbT, G.view(P, n, R * K)).view(P, D1, R, K)
+        g[:, :D] += lam4 * W[:, :D]
+        return ce + 0.5 * lam4[:, 0, :, 0] * W[:, :D].pow(2).sum((1, 3)), g
+
+    def flat(t):  # (P, D+1, R, K) -> (P, R, (D+1) K)
+        return t.permute(0, 2, 1, 3).reshape(len(t), R, D1 * K)
+
+    def unflat(t):
+        return t.view(len(t), R, D1, K).permute(0, 2, 1, 3)
+
+    f, g = loss_grad(W)
+    x, gf = flat(W), flat(g)
+    S, Yh, rho = [], [], []  # L-BFGS history, newest last: (P, R, d), (P, R, d), (P, R)
+    gamma = 1.0 / gf.norm(dim=-1).clamp_min(1.0)  # initial Hessian scale; the first move has unit length
+    step = torch.ones(P, R, dtype=X.dtype)
+    iters = torch.zeros(P, R, dtype=torch.long)
+    active = gf.abs().amax(-1) > tol  # (P, R)
+    out = x.clone()  # (P0, R, d): rows are written here when they leave the batch
+    rows = torch.arange(P)
+    # One batched evaluation per pass: a problem whose trial point fails the Armijo test stays put and
+    # retries with half the step on the next pass, so no problem waits for another's line search.
+    for _ in range(2 * max_iter + 20):
+        keep = active.any(1)
+        if not bool(keep.all()):  # drop finished rows from the batch
+            out[rows[~keep]] = x[~keep]
+            rows, Xb, XbT, lam4, x, gf, f, active, gamma, step, iters = (
+                t[keep] for t in (rows, Xb, XbT, lam4, x, gf, f, active, gamma, step, iters))
+            S, Yh, rho = [t[keep] for t in S], [t[keep] for t in Yh], [t[keep] for t in rho]
+        if len(rows) == 0:
+            break
+        q = gf.clone()  # two-loop recursion, per problem
+        alphas = []
+        for s_i, y_i, r_i in zip(reversed(S), reversed(Yh), reversed(rho)):
+            a = r_i * (s_i * q).sum(-1)
+            q -= a[..., None] * y_i
+            alphas.append(a)
+        q *= gamma[..., None]
+        for s_i, y_i, r_i, a in zip(S, Yh, rho, reversed(alphas)):
+            q += s_i * (a - r_i * (y_i * q).sum(-1))[..., None]
+        d = -q
+        slope = (gf * d).sum(-1)  # (P, R)
+        bad = slope >= 0  # not a descent direction: fall back to steepest descent for that problem
+        if bool(bad.any()):
+            d = torch.where(bad[..., None], -gf * gamma[..., None], d)
+            slope = torch.where(bad, -(gf * gf).sum(-1) * gamma, slope)
+        x_try = x + (step * active)[..., None] * d
+        f_try, g_try = loss_grad(unflat(x_try))
+        ok = active & (f_try <= f + 1e-4 * step * slope)
+        gf_try = flat(g_try)
+        s_k, y_k = (x_try - x) * ok[..., None], (gf_try - gf) * ok[..., None]
+        sy = (s_k * y_k).sum(-1)
+        curved = ok & (sy > 1e-10)
+        r_k = torch.where(curved, 1.0 / sy.clamp_min(1e-10), torch.zeros_like(sy))
+        gamma = torch.where(curved, sy / (y_k * y_k).sum(-1).clamp_min(1e-30), gamma)
+        S.append(s_k), Yh.append(y_k), rho.append(r_k)
+        if len(S) > history:
+            S.pop(0), Yh.pop(0), rho.pop(0)
+        x = torch.where(ok[..., None], x_try, x)
+        gf = torch.where(ok[..., None], gf_try, gf)
+        f = torch.where(ok, f_try, f)
+        iters += ok
+        step = torch.where(ok, torch.ones_like(step), step * 0.5)
+        active = active & (gf.abs().amax(-1) > tol) & (iters < max_iter) & (step > 1e-6)
+    if len(rows):
+        out[rows] = x
+    W = out.view(len(out), R, D1, K).permute(0, 2, 1, 3)
+    return W[:, :D].contiguous(), W[:, D].contiguous()
 
 
 def _logreg_predict(X, W, b):
@@ -395,43 +479,40 @@ def _logreg_predict(X, W, b):
 
 
 def _torch_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int):
-    """Batched engine (``probe.logreg``): every feature matrix is rotated once to its principal axes; all
-    inner folds × C values are the label sets of one preconditioned batched L-BFGS call (measured faster
-    than one warm-started call per C along the path once preconditioned), then one call for (real,
-    control) labels at each matrix's chosen C, warm-started from its fold-averaged inner solution."""
+    """Batched engine: all feature matrices × inner folds at once (rows = matrices, label sets = folds),
+    one ``batched_logreg`` call per C along the path from the strongest penalty, each warm-started from
+    the previous C's solutions (as sklearn's ``LogisticRegressionCV`` does; on the bench's synthetic sweep
+    1.4 s instead of 4.8 s for solving every C from zero in one wide call), then one call for (real,
+    control) labels at each matrix's chosen C, warm-started from its inner-fold solutions."""
     import torch
-
-    from .logreg import logreg_rotated, principal_axes
 
     K = prob.n_classes
     Xtr = _stack(prob.x_train)  # (P, n, D)
     Xte = _stack(prob.x_test)
     P, n, D = Xtr.shape
-    s, U = principal_axes(Xtr)  # (P, D), (P, D, D)
-    Xr = torch.bmm(Xtr, U)  # rotated training features
     y = torch.from_numpy(prob.y_train.astype(np.int64))
     F = len(prob.inner)
-    folds = torch.zeros(F, n)  # fold f's training samples
+    weights = torch.zeros(F, n)  # label set f = inner fold f, weights select its training samples
     for f, (tr, _) in enumerate(prob.inner):
-        folds[f, torch.from_numpy(tr)] = 1.0
+        weights[f, torch.from_numpy(tr)] = 1.0
+    val = 1.0 - weights  # (F, n)
     grid = torch.tensor(sorted(float(c) for c in Cs))  # strongest penalty first: ties keep the simpler probe
-    G = len(grid)
-    weights = folds.repeat(G, 1)  # (G F, n): label set r = (C index r // F, fold r % F)
-    lam = (1.0 / (grid.repeat_interleave(F) * weights.sum(1)))[None].expand(P, G * F).contiguous()
-    W, b = logreg_rotated(Xr, s, y.expand(G * F, n).contiguous(), weights, lam, K, max_iter)
-    correct = (_logreg_predict(Xr, W, b) == y[None, :, None]).float()  # (P, n, G F)
-    val = (1.0 - weights).T  # (n, G F)
-    scores = ((correct * val[None]).sum(1) / val.sum(0)).view(P, G, F).mean(-1)  # (P, G)
-    best = scores.argmax(1)  # (P,) first max = strongest penalty among ties
-    Wg, bg = W.view(P, D, G, F, K).mean(3), b.view(P, G, F, K).mean(2)  # fold-averaged (P, D, G, K), (P, G, K)
-    pick = torch.arange(P)
-    W0, b0 = Wg[pick, :, best], bg[pick, best]  # (P, D, K), (P, K)
+    Y = y.expand(F, n).contiguous()
+    state, scores, solutions = None, [], []
+    for c in grid:
+        lam = (1.0 / (c * weights.sum(1)))[None].expand(P, F).contiguous()  # (P, F)
+        state = batched_logreg(Xtr, Y, weights, lam, K, max_iter, init=state)  # W (P, D, F, K), b (P, F, K)
+        correct = (_logreg_predict(Xtr, *state) == y[None, :, None]).float()  # (P, n, F)
+        scores.append(((correct * val.T[None]).sum(1) / val.sum(1)).mean(-1))  # (P,)
+        solutions.append((state[0].mean(2), state[1].mean(1)))  # fold-averaged (P, D, K), (P, K)
+    best = torch.stack(scores, 1).argmax(1)  # (P,) first max = strongest penalty among ties
+    W0 = torch.stack([solutions[int(k)][0][p] for p, k in enumerate(best)])  # (P, D, K)
+    b0 = torch.stack([solutions[int(k)][1][p] for p, k in enumerate(best)])  # (P, K)
     init = (torch.stack([W0, W0], 2), torch.stack([b0, b0], 1))
     Y2 = torch.stack([y, torch.from_numpy(prob.c_train.astype(np.int64))])  # (2, n): real, control
     lam2 = (1.0 / (grid[best] * n))[:, None].expand(P, 2).contiguous()
-    W2, b2 = logreg_rotated(Xr, s, Y2, torch.ones(2, n), lam2, K, max_iter, init=init)
-    W2 = torch.einsum("pdj,pjrk->pdrk", U, W2)  # back to the original basis
-    out = _logreg_predict(Xte, W2.contiguous(), b2)  # (P, n_test, 2)
+    W, b = batched_logreg(Xtr, Y2, torch.ones(2, n), lam2, K, max_iter, init=init)
+    out = _logreg_predict(Xte, W, b)  # (P, n_test, 2)
     return out[..., 0].numpy(), out[..., 1].numpy(), grid[best].numpy().astype(np.float64)
 
 

@@ -1,0 +1,142 @@
+"""Write the README's Performance table from ``bench/results.json`` (no number typed by hand).
+
+The table sits between ``<!-- BEGIN generated:performance -->`` and ``<!-- END generated:performance -->``
+in README.md; everything outside the markers is left alone. It names the CPU the numbers were measured on
+(model name and ISA: AMX/AVX-512 BF16 or AVX2), the date and the load caveat, then one row per benchmark
+that ``results.json`` holds.
+
+    python -m bench.readme                      # bench/results.json -> README.md
+    python -m bench.readme --results other.json --readme README.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from train.errors import FerlensError
+from train.io import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = "performance"
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _f(v: Any, fmt: str = ".2f", unit: str = "") -> str:
+    return "—" if not isinstance(v, (int, float)) else f"{v:{fmt}}{unit}"
+
+
+def _probe(r: dict) -> list[str] | None:
+    if "full_speedup" not in r:
+        return None
+    real = (f"real features ({r.get('real_source')}): **{_f(r.get('real_speedup'))}×** CPU time, max Δacc "
+            f"{_f(r.get('real_max_acc_diff_points'))} pt" if "real_speedup" in r else "real features: not run")
+    return ["`bench_probe_sweep`: full probe (outer CV, inner-CV C, control), torch engine", "scikit-learn",
+            f"{real}; synthetic sweep {_f(r.get('full_speedup'))}×, max Δacc "
+            f"{_f(r.get('full_max_acc_diff_points'))} pt", "≥ 3×, Δacc ≤ 0.5 pt"]
+
+
+def _synthfer(r: dict) -> list[str] | None:
+    if "images_per_s" not in r:
+        return None
+    return ["`bench_synthfer`: SynthFER rendering at 64 px", "—",
+            f"{_f(r['images_per_s'], ',.0f')} img/s per core ({_f(r.get('with_mask_images_per_s'), ',.0f')} with "
+            "part masks)", "≥ 2,000"]
+
+
+def _app(r: dict) -> list[str] | None:
+    if "first_page" not in r:
+        return None
+    pages = ", ".join(f"{k} {_f(v, '.2f')} s" for k, v in (r.get("pages") or {}).items())
+    return ["`bench_app`: first page / slowest page switch / Explain request (headless chromium)", "—",
+            f"{_f(r['first_page'])} s / {_f(r.get('page_switch_max'))} s / {_f(r.get('explain_request'))} s"
+            + (f" (per page: {pages})" if pages else ""), "≤ 5 s / 1.5 s / 2 s"]
+
+
+def _generic(name: str) -> Callable[[dict], list[str] | None]:
+    def row(r: dict) -> list[str] | None:
+        nums = [(k, v) for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        nums.sort(key=lambda kv: not any(w in kv[0] for w in ("ratio", "speedup", "per_s")))
+        if not nums:
+            return None
+        return [f"`{name}`", "—", ", ".join(f"{k} {_f(v, '.3g')}" for k, v in nums[:4]), "—"]
+    return row
+
+
+def _precision(r: dict) -> list[str] | None:
+    rows = r.get("variants") or {}
+    if not rows:
+        return None
+    parts = [f"{n.removeprefix('ferlens_tiny_').removesuffix('_s3')}: {v['chosen']} {_f(v['chosen_vs_fp32'])}× "
+             f"(bf16 forced {_f(v['bf16_vs_fp32'])}×)" for n, v in rows.items()]
+    return ["`bench_precision`: demo training step in the precision `--amp auto` picks", "a bare fp32 step",
+            "; ".join(parts), "≥ 0.9×"]
+
+
+ROWS: dict[str, Callable[[dict], list[str] | None]] = {
+    "bench_precision": _precision, "bench_probe_sweep": _probe, "bench_synthfer": _synthfer, "bench_app": _app,
+}
+
+
+def table(report: dict[str, Any]) -> str:
+    """The Markdown block (without markers) for a ``results.json`` report."""
+    m = report.get("machine", {})
+    lines = [f"Measured by `make bench` on **{m.get('cpu', '?')}** ({m.get('isa_label', '?')}; "
+             f"ATen capability {m.get('cpu_capability', '?')}), {m.get('cores', '?')} cores, torch "
+             f"{m.get('torch', '?')}, on {report.get('created', '?')}"
+             + (f", with {', '.join(f'{k}={v}' for k, v in m['isa_caps'].items())}" if m.get("isa_caps") else "")
+             + ". Figures are ratios against a yardstick timed in the same run unless marked.", "",
+             "| benchmark | yardstick | measured | target |", "| --- | --- | --- | --- |"]
+    for name, entry in (report.get("benchmarks") or {}).items():
+        if entry.get("status") != "ok":
+            lines.append(f"| `{name}` | — | {entry.get('status')} | — |")
+            continue
+        row = ROWS.get(name, _generic(name))(entry.get("result") or {})
+        if row:
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_block(readme: Path, name: str, body: str) -> bool:
+    """Replace the ``generated:name`` block of ``readme`` with ``body``; True when the file changed."""
+    text = readme.read_text()
+    begin, end = f"<!-- BEGIN generated:{name} -->", f"<!-- END generated:{name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise FerlensError(f"{readme} has no '{begin}' … '{end}' block; add the two markers where the "
+                           f"{name} table belongs.")
+    new = pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text)
+    if new != text:
+        atomic_write_text(readme, new)
+    return new != text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--readme", default=str(REPO / "README.md"))
+    args = parser.parse_args(argv)
+    try:
+        path = Path(args.results)
+        if not path.is_file():
+            raise FerlensError(f"{path} does not exist; run `make bench` first.")
+        changed = write_block(Path(args.readme), BLOCK, table(json.loads(path.read_text())))
+    except FerlensError as e:
+        print(f"bench.readme: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.readme}: performance block {'updated' if changed else 'unchanged'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
