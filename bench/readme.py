@@ -6,7 +6,7 @@ in README.md; everything outside the markers is left alone. It names the CPU the
 that ``results.json`` holds.
 
     python -m bench.readme                      # bench/results.json -> README.md
-    python -m bench.readme --results other.json --readme README.md
+    python -m bench.readme --results bench/results.json,bench/results-avx2.json   # one table per file
 """
 from __future__ import annotations
 
@@ -123,14 +123,18 @@ def write_block(readme: Path, name: str, body: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--results", default=str(REPO / "bench" / "results.json"),
+                        help="results file(s), comma-separated: one table each (e.g. native and AVX2-emulated)")
     parser.add_argument("--readme", default=str(REPO / "README.md"))
     args = parser.parse_args(argv)
     try:
-        path = Path(args.results)
-        if not path.is_file():
-            raise FerlensError(f"{path} does not exist; run `make bench` first.")
-        changed = write_block(Path(args.readme), BLOCK, table(json.loads(path.read_text())))
+        tables = []
+        for name in [r for r in args.results.split(",") if r.strip()]:
+            path = Path(name)
+            if not path.is_file():
+                raise FerlensError(f"{path} does not exist; run `make bench` first.")
+            tables.append(table(json.loads(path.read_text())))
+        changed = write_block(Path(args.readme), BLOCK, "\n\n".join(tables))
     except FerlensError as e:
         print(f"bench.readme: error: {e}", file=sys.stderr)
         return 2
