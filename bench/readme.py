@@ -95,6 +95,7 @@ def table(report: dict[str, Any]) -> str:
              f"ATen capability {m.get('cpu_capability', '?')}), {m.get('cores', '?')} cores, torch "
              f"{m.get('torch', '?')}, on {report.get('created', '?')}"
              + (f", with {', '.join(f'{k}={v}' for k, v in m['isa_caps'].items())}" if m.get("isa_caps") else "")
+             + (f", load average {m['load_average']} at the start" if m.get("load_average") is not None else "")
              + ". Figures are ratios against a yardstick timed in the same run unless marked.", "",
              "| benchmark | yardstick | measured | target |", "| --- | --- | --- | --- |"]
     for name, entry in (report.get("benchmarks") or {}).items():

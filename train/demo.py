@@ -358,7 +358,8 @@ def machine() -> dict[str, object]:
         pass
     info: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
                                "python": platform.python_version(),
-                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                               "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     try:
         import torch
 
