@@ -468,6 +468,9 @@ def autocast(amp: str, device: torch.device):
     """bf16 autocast (CPU or CUDA) / fp16 autocast (CUDA) / nothing."""
     if amp == "none":
         return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise FerlensError(f"amp '{amp}' is not resolved for this device; pass the config through "
+                           "train.engine.resolve_precision first, or use --amp none|bf16|fp16.")
     if amp == "fp16" and device.type != "cuda":
         raise FerlensError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU or --amp none.")
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])

@@ -16,7 +16,8 @@ pytest.importorskip("train.data.synthfer")
 TINY = ["--model", "ferlens_tiny_vit_s3", "--data", "synthfer:size=32,n=70", "--img_size", "32",
         "--model_kwargs.depth", "1", "--model_kwargs.embed_dim", "32", "--model_kwargs.num_heads", "2",
         "--epochs", "2", "--batch_size", "16", "--eval_batch_size", "64", "--bootstrap", "20",
-        "--warmup_epochs", "0", "--scheduler", "constant", "--lr", "1e-3", "--run_name", "nan", "--threads", "1"]
+        "--warmup_epochs", "0", "--scheduler", "constant", "--lr", "1e-3", "--run_name", "nan", "--threads", "1",
+        "--amp", "none"]  # precision is not what these tests are about (auto times a probe)
 
 
 def _all_finite(path):
