@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -110,13 +109,15 @@ def table(report: dict[str, Any]) -> str:
 
 def write_block(readme: Path, name: str, body: str) -> bool:
     """Replace the ``generated:name`` block of ``readme`` with ``body``; True when the file changed."""
+    from probe.readme import find_blocks   # one parser of the README's generated blocks
+
     text = readme.read_text()
-    begin, end = f"<!-- BEGIN generated:{name} -->", f"<!-- END generated:{name} -->"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise FerlensError(f"{readme} has no '{begin}' … '{end}' block; add the two markers where the "
-                           f"{name} table belongs.")
-    new = pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text)
+    blocks = find_blocks(text)
+    if name not in blocks:
+        raise FerlensError(f"{readme} has no '<!-- BEGIN generated:{name} -->' … '<!-- END generated:{name} -->' "
+                           f"block; add the two markers where the {name} table belongs.")
+    start, end = blocks[name]
+    new = text[:start] + f"\n{body}\n" + text[end:]
     if new != text:
         atomic_write_text(readme, new)
     return new != text
