@@ -41,8 +41,18 @@ def count_flops(model: nn.Module, img_size: tuple[int, int], device: str = "cpu"
 
     extra = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
     x = torch.zeros(1, 3, *img_size, device=device)
-    with FlopCounterMode(display=False, custom_mapping=extra) as counter:
-        model(x)
+    # FlopCounterMode's ModuleTracker hooks every module input that requires grad; under no_grad a
+    # parameter handed to a module as input (CaiT's cls_token reaches blocks_token_only) has no grad
+    # function and the tracker asserts. Parameters are frozen for the count and restored after.
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with FlopCounterMode(display=False, custom_mapping=extra) as counter:
+            model(x)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return int(counter.get_total_flops())
 
 

@@ -64,3 +64,18 @@ def test_cli_profiles_names_and_runs(_artifacts_root, capsys):
     assert "--batch-sizes" in capsys.readouterr().err
     assert main(["profile", "--model", "ferlens_tiny_vt_s3", "--batch-sizes", "1"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+def test_cait_flops_count_and_grad_flags_restored():
+    """CaiT hands its cls_token parameter to the class-attention blocks: counting works and every
+    parameter's requires_grad is as it was."""
+    import timm
+
+    model = timm.create_model("cait_xxs24_224", img_size=32, patch_size=8, embed_dim=32, depth=1,
+                              num_heads=2, num_classes=7).eval()
+    model.head.weight.requires_grad_(False)
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    flops = count_flops(model, (32, 32))
+    # patch embedding alone: 16 patches x (3*8*8) x 32 outputs x 2 FLOPs
+    assert flops > 16 * 3 * 8 * 8 * 32 * 2
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
