@@ -239,7 +239,7 @@ def test_fit_timm_vit_with_img_size_only():
 @pytest.mark.slow
 def test_imported_external_model_through_probe_commands(tmp_path, on_path, monkeypatch, capsys):
     """The external-model row of the model matrix: the imported hybrid, found through its --hook-map, goes through
-    probe extract / linear / rollout / report with the numbers checked against a manual reading of its tokens."""
+    probe extract / linear / rollout / gradcam / attribute (IG) / intervene / figures / report with the numbers checked against a manual reading of its tokens."""
     import csv
 
     import numpy as np
@@ -290,6 +290,27 @@ def test_imported_external_model_through_probe_commands(tmp_path, on_path, monke
     assert {"rollout", "cls_attention"} <= set(metrics)
     for r in metrics.values():
         assert r["n"] == "8" and all(0.0 <= float(r[k]) <= 1.0 for k in ("deletion_auc", "insertion_auc", "part_mass"))
+    # the rest of the matrix row: Grad-CAM, IG, interventions and figures on the same imported run
+    run_dir = _runs() / "ext_irvit"
+    common = ["--run", "ext_irvit", "--n", "4", "--steps", "4", "--grid-rows", "2"]
+    assert probe_main(["gradcam", *common, "--methods", "gradcam"]) == 0
+    assert probe_main(["attribute", *common, "--methods", "ig", "--n-steps", "4"]) == 0
+    with open(run_dir / "explain" / "attribution_metrics.csv", newline="") as f:
+        metrics = {r["method"]: r for r in csv.DictReader(f)}
+    assert {"rollout", "cls_attention", "gradcam", "ig"} <= set(metrics)
+    for m in ("gradcam", "ig"):
+        r = metrics[m]
+        assert r["n"] == "4" and all(0.0 <= float(r[k]) <= 1.0 for k in ("deletion_auc", "insertion_auc", "part_mass"))
+    assert probe_main(["intervene", "--run", "ext_irvit", "--n", "8", "--modes", "mean,zero,patch_parts",
+                       "--no-counterfactual"]) == 0
+    with open(run_dir / "explain" / "interventions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["layer"] for r in rows if r["mode"] == "zero"] == list(spec.cls_layers)
+    assert [r["layer"] for r in rows if r["mode"] == "patch_parts"] == list(spec.patch_layers)
+    assert probe_main(["figures", "--runs", "ext_irvit", "--out", str(tmp_path / "fig"), "--formats", "png",
+                       "--only", "1,5"]) == 0
+    assert (tmp_path / "fig" / "figures.json").is_file()
+    assert any(p.read_bytes()[:4] == b"\x89PNG" for p in (tmp_path / "fig").glob("fig5_*.png"))
     assert probe_main(report) == 0
     md = (tmp_path / "artifacts" / "reports" / "ext_irvit" / "report.md").read_text()
     assert "ext_irvit" in md
