@@ -15,6 +15,7 @@ from PIL import Image
 
 from probe.cli import main as probe_main
 from train.cli import main as train_main
+from train.errors import FerlensError
 
 pytest.importorskip("train.models")
 
@@ -565,3 +566,37 @@ def test_hook_map_onto_a_cnn_stage_is_one_sentence(tmp_path, capsys, monkeypatch
     cfg_path.write_text(json.dumps(cfg))
     line = run_cli(probe_main, ["extract", "--run", "r18"], capsys, tmp_path)
     assert "'tokens'" in line and "(B, T, D)" in line and "hook_map" in line, line
+
+
+@pytest.mark.parametrize("adapter", ["fer2013", "rafdb"])
+def test_data_check_lists_every_invalid_label(adapter, tmp_path, capsys):
+    """`train data check` lists every invalid label row, not only the first; --strict exits 2 naming the first;
+    loading the split for training still stops at the first one."""
+    from train.data import load_dataset
+
+    root = tmp_path / "data"
+    root.mkdir()
+    if adapter == "fer2013":
+        write_fer2013(root / "fer2013.csv")
+        rows = csv_rows(root / "fer2013.csv")
+        rows[2][0], rows[5][0] = "9", "12"                      # csv lines 3 and 6 (header is line 1)
+        write_csv(root / "fer2013.csv", rows)
+        wanted = ["line 3 has emotion '9'", "line 6 has emotion '12'"]
+    else:
+        write_rafdb(root)
+        path = root / "EmoLabel/list_patition_label.txt"
+        lines = path.read_text().splitlines()
+        lines[0] = lines[0].split()[0] + " 9"
+        lines[3] = lines[3].split()[0] + " 0"
+        path.write_text("\n".join(lines) + "\n")
+        wanted = ["line 1 has label 9", "line 4 has label 0"]
+    spec = f"{adapter}:{root}"
+    capsys.readouterr()
+    assert train_main(["data", "check", spec]) == 0
+    out = capsys.readouterr().out
+    for w in wanted:
+        assert w in out, (w, out)
+    line = run_cli(train_main, ["data", "check", spec, "--strict"], capsys, tmp_path)
+    assert wanted[0] in line and "1 more invalid" in line, line
+    with pytest.raises(FerlensError, match=wanted[0]):
+        load_dataset(spec, "train")

@@ -155,22 +155,26 @@ def run_info(args: argparse.Namespace) -> int:
 def check_text(report: dict[str, Any], show: int = 20) -> str:
     """The printed form of ``train.data.inspect.check`` (lists up to ``show`` bad files per split)."""
     splits = report["splits"]
-    rows = [[s, v["n_listed"], v["n_ok"], len(v["missing"]), len(v["corrupt"])]
+    rows = [[s, v["n_listed"], v["n_ok"], len(v["missing"]), len(v["corrupt"]), len(v.get("invalid", []))]
             for s, v in splits.items() if "error" not in v]
-    out = [format_table(rows, ["split", "listed", "ok", "missing", "corrupt"])]
+    out = [format_table(rows, ["split", "listed", "ok", "missing", "corrupt", "invalid label"])]
     for s, v in splits.items():
         if "error" in v:
             out.append(f"{s}: {v['error']}")
             continue
         for why, n in (v.get("dropped") or {}).items():
             out.append(f"{s}: {n} samples left out by the dataset's convention: {why}")
+        for item in v.get("invalid", []):                      # every invalid label row, none left out
+            out.append(f"{s}: {item['problem']}")
         bad = v["missing"] + v["corrupt"]
         for item in bad[:show]:
             out.append(f"{s}: {item['path']}: {item['problem']}")
         if len(bad) > show:
             out.append(f"{s}: ... and {len(bad) - show} more (use --json PATH for the full list)")
     out.append("all files are readable" if report["n_bad"] == 0
-               else f"{report['n_bad']} of {report['n_checked']} files are missing or corrupt")
+               else f"{report['n_bad']} of {report['n_checked']} files are missing or corrupt"
+               if not any(v.get("invalid") for v in splits.values())
+               else f"{report['n_bad']} of {report['n_checked']} files or label rows are missing, corrupt or invalid")
     return "\n".join(out)
 
 

@@ -8,6 +8,8 @@ hands it to :func:`file_dataset`, which checks that each file exists and has a r
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 from dataclasses import dataclass
@@ -213,6 +215,32 @@ def report_skipped(dataset: str, split: str, skipped: list[tuple[str, str]], tot
         raise FerlensError(f"{head}; restore them, or drop strict=1 to skip them.")
     warnings.warn(f"{head}; they are skipped (add strict=1 to the spec to make this an error, or run "
                   "'train data check SPEC' to list them all).", DataWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------ invalid rows
+# ``train data check`` must list every invalid label row, not only the first: inside
+# ``collecting_bad_rows()`` an adapter's ``bad_row`` records the sentence and the adapter skips the row;
+# everywhere else ``bad_row`` raises it (a training run never starts on a bad label).
+_BAD_ROWS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("ferlens_bad_rows", default=None)
+
+
+def bad_row(message: str) -> None:
+    """Raise ``message`` as a FerlensError, or record it while ``collecting_bad_rows()`` is open (the caller
+    then skips that row, file or folder)."""
+    store = _BAD_ROWS.get()
+    if store is None:
+        raise FerlensError(message)
+    store.append(message)
+
+
+@contextlib.contextmanager
+def collecting_bad_rows():
+    """Yield the list that ``bad_row`` fills while the context is open (for ``train data check``)."""
+    token = _BAD_ROWS.set([])
+    try:
+        yield _BAD_ROWS.get()
+    finally:
+        _BAD_ROWS.reset(token)
 
 
 # ----------------------------------------------------------------------------------- datasets

@@ -61,9 +61,11 @@ DROP_REASONS = {8: "code 8-10 (None, Uncertain, Non-Face)", 9: "code 8-10 (None,
 
 
 def map_code(code: int, where: str, num_classes: int) -> int | None:
-    """AffectNet expression code -> canonical index, None for dropped codes; out of range raises."""
+    """AffectNet expression code -> canonical index, None for dropped codes; out of range raises
+    (-1 while ``train data check`` collects invalid rows: the caller skips it)."""
     if not 0 <= code < N_CODES:
-        raise FerlensError(f"{where} has expression {code}, outside AffectNet's 0-10; fix or remove it.")
+        F.bad_row(f"{where} has expression {code}, outside AffectNet's 0-10; fix or remove it.")
+        return -1
     if code >= num_classes:
         return None
     return canonical(num_classes).index(AN_LABELS[code])
@@ -101,6 +103,8 @@ def read_file_list(path: Path, image_root: Path, num_classes: int,
             label = map_code(code, where, num_classes)
             if label is None:
                 dropped[DROP_REASONS[code]] = dropped.get(DROP_REASONS[code], 0) + 1
+                continue
+            if label < 0:
                 continue
             box = (x, y, x + w, y + h) if w > 0 and h > 0 else None
             points = _csv_landmarks(row[cols["facial_landmarks"]], where, (x, y) if box else (0, 0))
@@ -174,6 +178,8 @@ def read_npy_set(folder: Path, num_classes: int, dropped: dict[str, int] | None 
         label = map_code(code, str(exp), num_classes)
         if label is None:
             dropped[DROP_REASONS[code]] = dropped.get(DROP_REASONS[code], 0) + 1
+            continue
+        if label < 0:
             continue
         records.append(F.Record(str(folder / "images" / f"{sid}.jpg"), label,
                                 {"valence": valence, "arousal": arousal}, f"{folder.name}/{sid}",

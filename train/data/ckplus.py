@@ -42,16 +42,18 @@ MARGIN = 0.25
 OPTIONS = ("fold", "folds", "peak", "neutral", "classes", "crop", "seed", "strict")
 
 
-def read_emotion(path: Path) -> int:
-    """The CK+ code in one ``*_emotion.txt``; out-of-range codes raise naming the file."""
+def read_emotion(path: Path) -> int | None:
+    """The CK+ code in one ``*_emotion.txt``; out-of-range codes raise naming the file (None while
+    ``train data check`` collects invalid files)."""
     text = path.read_text(encoding="utf-8", errors="replace").split()
     try:
         code = int(float(text[0]))
     except (ValueError, IndexError):
-        raise FerlensError(f"{path} line 1 does not hold a CK+ emotion code (0-7); restore it from the "
-                           "distribution.") from None
+        F.bad_row(f"{path} line 1 does not hold a CK+ emotion code (0-7); restore it from the distribution.")
+        return None
     if not 0 <= code < len(CK_LABELS):
-        raise FerlensError(f"{path} line 1 has emotion {code}, outside CK+'s 0-7; fix or remove that file.")
+        F.bad_row(f"{path} line 1 has emotion {code}, outside CK+'s 0-7; fix or remove that file.")
+        return None
     return code
 
 
@@ -70,19 +72,22 @@ def landmark_box(path: Path) -> tuple[int, int, int, int] | None:
             int(round(cx + side / 2)), int(round(cy + side / 2)))
 
 
-def check_frames(frames: list[Path], emotion: Path) -> None:
+def check_frames(frames: list[Path], emotion: Path) -> bool:
     """A labelled sequence holds frames 1..K without gaps, K being the peak frame its emotion file names
-    (``S005_001_00000011_emotion.txt`` -> 11 frames); a missing frame raises naming the folder."""
+    (``S005_001_00000011_emotion.txt`` -> 11 frames); a missing frame raises naming the folder (False
+    while ``train data check`` collects invalid sequences)."""
     try:
         peak = int(emotion.name.split("_")[2])
         numbers = sorted(int(p.stem.split("_")[2]) for p in frames)
     except (IndexError, ValueError):
-        return  # non-standard names: nothing to check against
+        return True  # non-standard names: nothing to check against
     missing = sorted(set(range(1, peak + 1)) - set(numbers))
     if missing:
         shown = ", ".join(str(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FerlensError(f"{frames[0].parent} is missing frame(s) {shown} of the {peak} that {emotion.name} "
-                           "labels; restore the sequence from the distribution or remove its emotion file.")
+        F.bad_row(f"{frames[0].parent} is missing frame(s) {shown} of the {peak} that {emotion.name} "
+                  "labels; restore the sequence from the distribution or remove its emotion file.")
+        return False
+    return True
 
 
 def assign_folds(subjects: list[str], folds: int, seed: int) -> dict[str, int]:
@@ -160,10 +165,12 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
             continue
         frames = F.list_images(images / subject / seq) if (images / subject / seq).is_dir() else []
         if not frames:
-            raise FerlensError(f"{images / subject / seq} holds no frames for {emo.name}; restore the "
-                               "sequence or remove its emotion file.")
-        check_frames(frames, emo)
-        code = read_emotion(emo)
+            F.bad_row(f"{images / subject / seq} holds no frames for {emo.name}; restore the "
+                      "sequence or remove its emotion file.")
+            continue
+        code = read_emotion(emo) if check_frames(frames, emo) else None
+        if code is None:
+            continue
         if CK_LABELS[code] not in names:
             dropped["contempt peak frames (classes=7)"] = dropped.get("contempt peak frames (classes=7)", 0) + \
                 min(peak, len(frames))

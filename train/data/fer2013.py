@@ -119,14 +119,16 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
     pixels, labels, ids, skipped, total, where = [], [], [], [], 0, []
     for i, lineno, row in read_rows(path):
         if USAGE_SPLIT.get(row["Usage"]) is None:
-            raise FerlensError(f"{path} line {lineno} has Usage '{row['Usage']}'; use Training, PublicTest "
-                               "or PrivateTest.")
+            F.bad_row(f"{path} line {lineno} has Usage '{row['Usage']}'; use Training, PublicTest "
+                      "or PrivateTest.")
+            continue
         if USAGE_SPLIT[row["Usage"]] != split:
             continue
         code = row["emotion"]
         if not code.isdigit() or int(code) >= len(FER_LABELS):
-            raise FerlensError(f"{path} line {lineno} has emotion '{code}', outside FER2013's 0-6; fix or "
-                               "remove that line.")
+            F.bad_row(f"{path} line {lineno} has emotion '{code}', outside FER2013's 0-6; fix or "
+                      "remove that line.")
+            continue
         total += 1
         sid = f"fer{i:07d}"
         why = check_pixels(row["pixels"])

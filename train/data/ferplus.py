@@ -171,8 +171,9 @@ def load_folders(folder: Path, split: str, mode: str, num_classes: int, strict: 
             except ValueError:
                 votes = np.zeros(0)
             if len(votes) != len(VOTE_COLUMNS) or (votes < 0).any():
-                raise FerlensError(f"{label_csv} line {reader.line_num} does not hold an image name, a box and "
-                                   "10 vote counts; regenerate it with FERPlus' generate_training_data.py.")
+                F.bad_row(f"{label_csv} line {reader.line_num} does not hold an image name, a box and "
+                          "10 vote counts; regenerate it with FERPlus' generate_training_data.py.")
+                continue
             dist = RULES[mode](votes)
             why = DROP_NO_WINNER if dist is None else None
             dist = to_canonical(dist, num_classes) if dist is not None else None
@@ -209,8 +210,9 @@ def load(root: str | None, split: str, **options: str) -> FERDataset:
             continue
         v_line, usage, image_name, votes = vote_rows[i]
         if usage not in USAGE_SPLIT:
-            raise FerlensError(f"{votes_path} line {v_line} has Usage '{usage}'; use Training, PublicTest or "
-                               "PrivateTest.")
+            F.bad_row(f"{votes_path} line {v_line} has Usage '{usage}'; use Training, PublicTest or "
+                      "PrivateTest.")
+            continue
         if USAGE_SPLIT[usage] != split or not image_name:
             continue
         dist = rule(votes)

@@ -39,10 +39,10 @@ def class_folders(folder: Path) -> dict[str, list[Path]]:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = F.canonical_label(sub.name)
         if name is None:
-            raise FerlensError(f"Class folder '{sub.name}' in {folder} is not an expression name; rename it to "
-                               f"one of {', '.join(canonical(8))} (aliases such as happy, sad, angry, "
-                               "surprised, fearful, disgusted also work)."
-                               + F.close_matches(sub.name.lower(), F.LABEL_ALIASES))
+            F.bad_row(f"Class folder '{sub.name}' in {folder} is not an expression name; rename it to "
+                      f"one of {', '.join(canonical(8))} (aliases such as happy, sad, angry, "
+                      "surprised, fearful, disgusted also work)." + F.close_matches(sub.name.lower(), F.LABEL_ALIASES))
+            continue
         out.setdefault(name, []).extend(F.list_images(sub))
     return out
 

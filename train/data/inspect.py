@@ -6,6 +6,8 @@ every image of every split.
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import warnings
 from typing import Any
@@ -15,12 +17,16 @@ from tqdm import tqdm
 
 from ..errors import FerlensError
 from . import LOADERS, load_dataset, parse_spec
-from ._files import N_NAMED, decode_problem
+from ._files import N_NAMED, collecting_bad_rows, decode_problem
 from .base import SPLITS, FERDataset
 
 
-def _load_splits(spec: str, **override: str) -> tuple[dict[str, FERDataset], dict[str, str]]:
+def _load_splits(spec: str, invalid: dict[str, list[str]] | None = None,
+                 **override: str) -> tuple[dict[str, FERDataset], dict[str, str]]:
     """Every split of ``spec`` that loads, and the error message of each that does not.
+
+    With ``invalid`` (a dict), invalid label rows/files do not stop a split: each adapter's sentence is
+    recorded in ``invalid[split]`` and the row is left out (``_files.collecting_bad_rows``).
 
     Warnings about skipped files are silenced here: the skipped files are reported in the result.
     ``override`` replaces spec options (``check`` loads with ``strict`` off to see every bad file).
@@ -32,8 +38,11 @@ def _load_splits(spec: str, **override: str) -> tuple[dict[str, FERDataset], dic
     loaded, errors = {}, {}
     for split in SPLITS:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), collecting_bad_rows() if invalid is not None \
+                    else contextlib.nullcontext() as bad:
                 warnings.simplefilter("ignore")
+                if invalid is not None:
+                    invalid[split] = bad
                 if override:
                     ds = loader(parsed.root, split, **options)
                     ds.spec, ds.split = parsed.text, split
@@ -123,7 +132,9 @@ def check(spec: str, strict: bool = False) -> dict[str, Any]:
         "corrupt": [...]} | {"error": msg}}}``; ``missing``/``corrupt`` hold ``{"path", "problem"}``.
     """
     parsed = parse_spec(spec)
-    loaded, errors = _load_splits(spec, **({"strict": "0"} if parsed.name != "synthfer" else {}))
+    invalid: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    loaded, errors = _load_splits(spec, invalid, **({"strict": "0"} if parsed.name != "synthfer" else {}))
     splits: dict[str, Any] = {}
     n_checked = n_bad = 0
     for split in SPLITS:
@@ -139,10 +150,14 @@ def check(spec: str, strict: bool = False) -> dict[str, Any]:
             why = decode_problem(lambda: read(i))
             if why is not None:
                 (missing if why == "missing" else corrupt).append({"path": _where(ds, i), "problem": why})
-        listed = len(ds) + len(getattr(ds, "skipped", []))
-        bad = len(missing) + len(corrupt)
+        # a label file shared by the splits (RAF-DB's list) reports its rows once, under the first split
+        labels = [{"path": next((w for w in msg.split() if "/" in w), parsed.text), "problem": msg}
+                  for msg in dict.fromkeys(invalid.get(split, [])) if msg not in seen]
+        seen.update(item["problem"] for item in labels)
+        listed = len(ds) + len(getattr(ds, "skipped", [])) + len(labels)
+        bad = len(missing) + len(corrupt) + len(labels)
         splits[split] = {"n_listed": listed, "n_ok": listed - bad, "missing": missing, "corrupt": corrupt,
-                         "dropped": dict(getattr(ds, "dropped", {}) or {})}
+                         "invalid": labels, "dropped": dict(getattr(ds, "dropped", {}) or {})}
         n_checked += listed
         n_bad += bad
     report = {"spec": spec, "ok": n_bad == 0 and not errors, "n_checked": n_checked, "n_bad": n_bad,
@@ -157,6 +172,10 @@ def problem_sentence(report: dict[str, Any]) -> str:
     errors = [s["error"] for s in report["splits"].values() if "error" in s]
     if errors and not report["n_bad"]:
         return errors[0]  # already one sentence naming the file and the fix
+    labels = [item["problem"] for s in report["splits"].values() for item in s.get("invalid", [])]
+    if labels:
+        more = f" (and {len(labels) - 1} more invalid rows: 'train data check SPEC' lists them)" if len(labels) > 1 else ""
+        return labels[0].rstrip(".") + more + "."
     bad = [item["path"] for s in report["splits"].values() for key in ("missing", "corrupt")
            for item in s.get(key, [])]
     more = f" and {len(bad) - N_NAMED} more" if len(bad) > N_NAMED else ""

@@ -58,12 +58,13 @@ def read_label_file(path: Path) -> list[tuple[str, int, int]]:
         if not parts:
             continue
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise FerlensError(f"{path} line {lineno} reads '{line.strip()}'; each line must be "
-                               "'<image name> <label 1-7>'.")
+            F.bad_row(f"{path} line {lineno} reads '{line.strip()}'; each line must be "
+                      "'<image name> <label 1-7>'.")
+            continue
         raf = int(parts[1])
         if raf not in RAF_LABELS:
-            raise FerlensError(f"{path} line {lineno} has label {raf}, outside RAF-DB's 1-7; fix or remove "
-                               "that line.")
+            F.bad_row(f"{path} line {lineno} has label {raf}, outside RAF-DB's 1-7; fix or remove that line.")
+            continue
         rows.append((parts[0], names.index(RAF_LABELS[raf]), lineno))
     return rows
 
@@ -74,18 +75,21 @@ def read_manual_attrs(path: Path) -> dict[str, Any] | None:
         return None
     lines = [ln.split() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     if len(lines) < 8:
-        raise FerlensError(f"{path} has {len(lines)} lines; a RAF-DB manual attribute file has 5 landmark "
-                           "lines then gender, race and age.")
+        F.bad_row(f"{path} has {len(lines)} lines; a RAF-DB manual attribute file has 5 landmark "
+                  "lines then gender, race and age.")
+        return None
     try:
         landmarks = [[float(v) for v in ln[:2]] for ln in lines[:5]]
         values = {k: int(float(lines[5 + i][0])) for i, k in enumerate(ATTR_NAMES)}
     except (ValueError, IndexError):
-        raise FerlensError(f"{path} is not a RAF-DB manual attribute file (5 'x y' lines, then gender, race, "
-                           "age as integers); restore it from the distribution.") from None
+        F.bad_row(f"{path} is not a RAF-DB manual attribute file (5 'x y' lines, then gender, race, "
+                  "age as integers); restore it from the distribution.")
+        return None
     for key, value in values.items():
         if not 0 <= value < ATTR_RANGES[key]:
-            raise FerlensError(f"{path} line {6 + ATTR_NAMES.index(key)} has {key}={value}, outside "
-                               f"0-{ATTR_RANGES[key] - 1}; restore the file from the distribution.")
+            F.bad_row(f"{path} line {6 + ATTR_NAMES.index(key)} has {key}={value}, outside "
+                      f"0-{ATTR_RANGES[key] - 1}; restore the file from the distribution.")
+            return None
     return {**values, "landmarks": landmarks}
 
 
