@@ -728,8 +728,13 @@ def chart_cls_read(df: pd.DataFrame) -> alt.TopLevelMixin:
                 color=alt.Color("value:Q", scale=alt.Scale(scheme=scheme), legend=None),
                 tooltip=["panel", "row", "col", alt.Tooltip("value:Q", format=".3f")])
                 .properties(width=width, height=width, title=alt.TitleParams(panel, fontSize=10)))
-        charts.append(alt.hconcat(*row).properties(title=alt.TitleParams(variant, anchor="start")))
-    return (alt.vconcat(*charts).properties(title=alt.TitleParams(
+        # the attention panels share one colour scale (blocks compare); the ERF panel gets its own: with one
+        # shared scale its input-gradient shares (~1e-3) took the bottom colour of attention shares (~0.7)
+        attention = [c for c, p in zip(row, panels) if not p.startswith("ERF")]
+        erf = [c for c, p in zip(row, panels) if p.startswith("ERF")]
+        charts.append(alt.hconcat(alt.hconcat(*attention), *erf).resolve_scale(color="independent")
+                      .properties(title=alt.TitleParams(variant, anchor="start")))
+    return (alt.vconcat(*charts).resolve_scale(color="independent").properties(title=alt.TitleParams(
         "Where the CLS token reads", subtitle="mean CLS attention per token cell and block; green: effective "
         "receptive field of block 0's most-read token")))
 
