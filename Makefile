@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED  ?= 0
+# when make started (before setup): the demo reports how long `make demo` took to an answering app
+export FERLENS_MAKE_T0 := $(shell date +%s.%N)
 
 .PHONY: setup demo app test test-fast bench chromium clean readme
 

@@ -39,6 +39,7 @@ DEMO_TARGETS = "expression,identity,yaw_bin,background,occluder,illumination,yaw
 # the user (they tripled the stages' time).
 EXPLAIN = {"rollout": [], "gradcam": ["--methods", "gradcam,eigencam"], "attribute": ["--methods", "ig,saliency"]}
 INTERVENE_N = 256
+APP_PORT = 8501  # streamlit's default
 DEMO_INTERVENTIONS = "mean,zero,patch_parts,top_attended_patch,random_patch"
 # Reviewer-grade evidence at demo cost (issue 15), on the last layer only (``--layers all`` is the default of both
 # commands): LEACE erasure of identity and of expression from cls and patch — erasers fitted on the validation
@@ -404,9 +405,67 @@ def run_demo(opts: DemoOptions, out=sys.stdout) -> int:
           + (f"; failed stages: {', '.join(failed)}" if failed else ""), file=out, flush=True)
     if not opts.app:
         return 1 if failed else 0
-    print("starting the app: streamlit run app/main.py (Ctrl-C to stop)", file=out, flush=True)
-    return subprocess.run([sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
-                           "--server.headless", "true"], cwd=REPO, env=env).returncode
+    return serve_app(root, env, total, out)
+
+
+def _make_started() -> float | None:
+    """Epoch seconds at which ``make demo`` started (``FERLENS_MAKE_T0``, set by the Makefile before setup)."""
+    try:
+        return float(os.environ["FERLENS_MAKE_T0"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _health(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+            return r.status == 200 and r.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+def serve_app(root: Path, env: dict[str, str], started: float, out=sys.stdout, port: int = APP_PORT,
+              timeout: float = 120.0) -> int:
+    """Start ``streamlit run app/main.py``, record when it answers in ``demo_timings.json``, then serve.
+
+    ``app_ready_seconds`` counts from the demo's start, ``since_make_seconds`` from ``make demo``'s (setup
+    included) when the Makefile passed its start time. The app keeps serving until Ctrl-C.
+    """
+    print(f"starting the app: streamlit run app/main.py on http://localhost:{port} (Ctrl-C to stop)", file=out,
+          flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
+                             "--server.headless", "true", "--server.port", str(port),
+                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env)
+    deadline, answered = time.perf_counter() + timeout, False
+    while not answered and proc.poll() is None and time.perf_counter() < deadline:
+        answered = _health(port)
+        if not answered:
+            time.sleep(0.1)
+    if answered:
+        ready = time.perf_counter() - started
+        t0 = _make_started()
+        since_make = None if t0 is None else time.time() - t0
+        timings_path = root / "demo_timings.json"
+        try:
+            timings = json.loads(timings_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            timings = {}
+        timings.update(app_ready_seconds=round(ready, 2),
+                       since_make_seconds=None if since_make is None else round(since_make, 2))
+        atomic_write_json(timings_path, timings)
+        print(f"app answering at http://localhost:{port} {ready:.1f} s after the demo started"
+              + ("" if since_make is None else f" ({since_make:.1f} s after make demo, setup included)"),
+              file=out, flush=True)
+    else:
+        print(f"the app did not answer on port {port} within {timeout:.0f} s; is another program using it? "
+              f"Stop it or run: streamlit run app/main.py --server.port 8502", file=out, flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return 130
 
 
 def _write_timings(root: Path, opts: DemoOptions, results: Sequence[StageResult], elapsed: float,

@@ -107,6 +107,59 @@ def test_no_app_from_env(monkeypatch):
     assert opts.model("clsonly") == "ferlens_tiny_clsonly_s3"
 
 
+_FAKE_APP = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"ok" if self.path == "/_stcore/health" else b"no"
+        self.send_response(200 if body == b"ok" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+server = HTTPServer(("127.0.0.1", int(sys.argv[sys.argv.index("--server.port") + 1])), H)
+server.handle_request()  # the demo's health check; then the fake app exits
+"""
+
+
+def test_serve_app_records_when_the_app_answers(tmp_path, monkeypatch):
+    """The demo starts streamlit, waits for its health endpoint and writes how long the user waited:
+    from the demo's start and from ``make demo``'s (FERLENS_MAKE_T0, setup included)."""
+    import io
+    import socket
+    import time
+
+    import train.demo as demo
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "fake_app.py"
+    script.write_text(_FAKE_APP)
+    popen = demo.subprocess.Popen
+    seen = {}
+
+    def fake(cmd, **kw):
+        seen["cmd"] = cmd
+        return popen([sys.executable, str(script), *cmd[cmd.index("--server.headless"):]], **kw)
+
+    monkeypatch.setattr(demo.subprocess, "Popen", fake)
+    monkeypatch.setenv("FERLENS_MAKE_T0", str(time.time() - 100.0))
+    (tmp_path / "demo_timings.json").write_text(json.dumps({"total_seconds": 1.0}))
+    out = io.StringIO()
+    started = time.perf_counter() - 3.0
+    assert demo.serve_app(tmp_path, dict(os.environ), started, out, port=port, timeout=30) == 0
+    assert seen["cmd"][1:4] == ["-m", "streamlit", "run"] and seen["cmd"][4].endswith("app/main.py")
+    timings = json.loads((tmp_path / "demo_timings.json").read_text())
+    assert timings["total_seconds"] == 1.0  # the pipeline's record is kept
+    assert 3.0 <= timings["app_ready_seconds"] < 33.0
+    assert 100.0 <= timings["since_make_seconds"] < 130.0
+    assert f"app answering at http://localhost:{port}" in out.getvalue()
+
+
 def _demo(root: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, FERLENS_ARTIFACTS=str(root), FERLENS_DEMO_NO_APP="1", TQDM_DISABLE="1")
     return subprocess.run([sys.executable, "-m", "train.demo", "--quick"], cwd=REPO, env=env,
