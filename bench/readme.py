@@ -7,6 +7,7 @@ that ``results.json`` holds.
 
     python -m bench.readme                      # bench/results.json -> README.md
     python -m bench.readme --results bench/results.json,bench/results-avx2.json   # one table per file
+    python -m bench.readme --demo bench/demo-budget-avx2.json     # plus the fresh-clone `make demo` budget
 """
 from __future__ import annotations
 
@@ -107,6 +108,22 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def demo_table(record: dict[str, Any]) -> str:
+    """The fresh-clone ``make demo`` budget (``bench/demo_budget.py``) as a one-row table with its CPU."""
+    m = record.get("machine", {})
+    acc = ", ".join(f"{v} {_f(a, '.1%')}" for v, a in (record.get("test_accuracy") or {}).items())
+    slowest = ", ".join(f"{s['stage']} {_f(s['seconds'], '.0f')} s" for s in (record.get("stages") or [])[:3])
+    return "\n".join([
+        f"Fresh clone → `make demo` → app answering, measured by `python -m bench.demo_budget` on **{m.get('cpu', '?')}** "
+        f"({m.get('isa_label', '?')}; ATen capability {m.get('cpu_capability', '?')}), {m.get('cores', '?')} cores, "
+        f"commit {record.get('commit', '?')}, load average {record.get('load_average_before', '?')} at the start.", "",
+        "| measure | measured | target |", "| --- | --- | --- |",
+        f"| `make demo` to an answering app, setup included | **{_f(record.get('make_demo_to_app_seconds'), '.0f')} s** "
+        f"(setup {_f(record.get('setup_seconds'), '.0f')} s, pipeline {_f(record.get('pipeline_seconds'), '.0f')} s; "
+        f"slowest stages: {slowest}) | ≤ {_f(record.get('target_seconds'), '.0f')} s |",
+        f"| test accuracy of the demo variants | {acc} | ≥ {_f(record.get('min_accuracy'), '.0%')} |"])
+
+
 def write_block(readme: Path, name: str, body: str) -> bool:
     """Replace the ``generated:name`` block of ``readme`` with ``body``; True when the file changed."""
     from probe.readme import find_blocks   # one parser of the README's generated blocks
@@ -127,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(REPO / "bench" / "results.json"),
                         help="results file(s), comma-separated: one table each (e.g. native and AVX2-emulated)")
+    parser.add_argument("--demo", default="", help="demo-budget file(s) of bench/demo_budget.py, comma-separated")
     parser.add_argument("--readme", default=str(REPO / "README.md"))
     args = parser.parse_args(argv)
     try:
@@ -136,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not path.is_file():
                 raise FerlensError(f"{path} does not exist; run `make bench` first.")
             tables.append(table(json.loads(path.read_text())))
+        for name in [r for r in args.demo.split(",") if r.strip()]:
+            path = Path(name)
+            if not path.is_file():
+                raise FerlensError(f"{path} does not exist; run `python -m bench.demo_budget` first.")
+            tables.append(demo_table(json.loads(path.read_text())))
         changed = write_block(Path(args.readme), BLOCK, "\n\n".join(tables))
     except FerlensError as e:
         print(f"bench.readme: error: {e}", file=sys.stderr)

@@ -37,3 +37,17 @@ def test_missing_markers_is_one_sentence(tmp_path):
     readme.write_text("no block here\n")
     with pytest.raises(FerlensError, match="has no '<!-- BEGIN generated:performance -->'"):
         write_block(readme, "performance", "x")
+
+
+def test_demo_table_names_the_cpu_and_the_budget():
+    from bench.readme import demo_table
+
+    record = {"machine": {"cpu": "AMD EPYC 7B13", "cores": 2, "isa_label": "AVX2", "cpu_capability": "AVX2"},
+              "commit": "abc1234", "make_demo_to_app_seconds": 512.4, "setup_seconds": 101.0,
+              "pipeline_seconds": 398.2, "target_seconds": 600.0, "min_accuracy": 0.9,
+              "test_accuracy": {"vit": 0.9573, "cataftermlp": 0.9348}, "load_average_before": 0.1,
+              "stages": [{"stage": "fit vit", "seconds": 280.0}, {"stage": "linear probes demo_vit", "seconds": 40.0}]}
+    text = demo_table(record)
+    assert "AMD EPYC 7B13" in text and "(AVX2;" in text and "commit abc1234" in text
+    assert "**512 s**" in text and "setup 101 s" in text and "pipeline 398 s" in text and "≤ 600 s" in text
+    assert "vit 95.7%" in text and "cataftermlp 93.5%" in text and "fit vit 280 s" in text
