@@ -137,17 +137,14 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
             Stage(f"umap {run}", ["probe", "umap", "--run", run], [rdir[run] / "probes" / "umap.csv"], weights, [run],
                   after=[f"extract {run}"]),
         ]
-        # erase and the MLP probes read-modify-write erasure.json / linear.json: each waits for the stage before
-        # it that writes the same file (and erase extracts the val split once, in its first stage)
-        erase_after = f"extract {run}"
-        for concept in ERASE_CONCEPTS:
-            extra = (["--tokens", "cls,patch", "--layers", "-1", "--cv", "2", "--seeds", "2", "--fit-split", "train",
-                      "--causal-n", "24"] + (["--targets", "expression"] if concept == "identity" else [])
-                     if opts.quick else ERASE)  # quick test splits hold one identity: it cannot be a probe target
-            stages.append(Stage(f"erase {concept} {run}", ["probe", "erase", "--run", run, "--data", spec, "--concept",
-                                                           concept, *extra],
-                                [rdir[run] / "probes" / "erasure.json"], weights, [run], after=[erase_after]))
-            erase_after = f"erase {concept} {run}"
+        # erase reads-modifies-writes erasure.json and the MLP probes linear.json: the MLP stage waits for the
+        # linear one; erase handles both concepts in one process (one model load, one val-split extraction)
+        extra = (["--tokens", "cls,patch", "--layers", "-1", "--cv", "2", "--seeds", "2", "--fit-split", "train",
+                  "--causal-n", "24", "--targets", "expression"]  # quick test splits hold one identity
+                 if opts.quick else ERASE)
+        stages.append(Stage(f"erase {run}", ["probe", "erase", "--run", run, "--data", spec, "--concept",
+                                             ",".join(ERASE_CONCEPTS), *extra],
+                            [rdir[run] / "probes" / "erasure.json"], weights, [run], after=[f"extract {run}"]))
         mlp = (MLP[:MLP.index("--targets")] + ["--targets", "expression", "--layers", "-1", "--cv", "2", "--seeds", "1"]
                if opts.quick else MLP)
         stages.append(Stage(f"mlp probes {run}", ["probe", "linear", "--run", run, *mlp],

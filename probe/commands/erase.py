@@ -1,4 +1,4 @@
-"""`probe erase --run RUN --concept identity|expression|<attr> [--tokens cls,patch] [--layers all]
+"""`probe erase --run RUN --concept identity|expression|<attr>[,...] [--tokens cls,patch] [--layers all]
 [--targets CONCEPT,expression] [--cv 5] [--seeds 3] [--group auto] [--data SPEC] [--fit-split train]
 [--split test] [--causal-n 256 | --no-causal]`: LEACE concept erasure (``probe/erase.py``).
 
@@ -6,6 +6,8 @@ The eraser is fitted on the ``--fit-split`` features and the probes run on the `
 extracted on demand into the run's feature cache); the control removes as many random directions.
 Causal version (CLS readout): the erased CLS token is fed through the remaining blocks and the head.
 Rows of this concept in ``<run>/probes/erasure.json`` (+ ``erasure.csv``) are replaced, other concepts kept.
+Several concepts (``--concept expression,identity``) run one after the other in one process: the model, the
+features and the causal batch are loaded once.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from probe.linear import DEFAULT_ENGINE, ENGINES
 
     parser.add_argument("--run", required=True, help="run name under artifacts/runs or a run folder")
-    parser.add_argument("--concept", required=True, help="concept to erase: expression or a categorical attr")
+    parser.add_argument("--concept", required=True,
+                        help="concept(s) to erase, comma-separated: expression or categorical attrs")
     parser.add_argument("--tokens", default="cls,patch", help="readouts (default: cls,patch)")
     parser.add_argument("--layers", default="all", help="'all', indices (0 = tokens, -1 = last block) or hook names")
     parser.add_argument("--targets", default=None, help="probed targets (default: the concept and expression)")
@@ -56,29 +59,35 @@ def run(args: argparse.Namespace) -> int:
     eval_set = ensure_features(run_dir, args.data, args.split, batch_size=args.batch_size)
     readouts = split_readouts(args.tokens)
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
-    rows, erasers = erase_sweep(fit_set=fit_set, eval_set=eval_set, concept=args.concept, targets=targets,
-                                readouts=readouts, layers=args.layers, cv=args.cv, seeds=args.seeds,
-                                group=args.group, engine=args.engine)
-    causal = []
-    cls = {layer: e for (r, layer), e in erasers.items() if r == "cls"}
-    if cls and not args.no_causal:
-        from probe.attribution import load_batch
-        from train.runs import load_run
-
-        model, config = load_run(run_dir)
-        batch = load_batch(config, args.data, args.split, args.causal_n)
-        fit_cls = {layer: np.asarray(fit_set.readout("cls", layer)) for layer in cls}
-        causal = causal_erasure(model, batch.images, batch.labels, cls, fit_cls=fit_cls, seeds=args.seeds,
-                                batch_size=args.batch_size, concept=args.concept)
+    concepts = list(dict.fromkeys(c.strip() for c in args.concept.split(",") if c.strip()))
+    if not concepts:
+        raise FerlensError("--concept is empty; pass e.g. --concept identity or --concept expression,identity.")
+    model = batch = None
     out = run_dir / "probes"
     path = out / "erasure.json"
-    new = {"run": run_dir.name, "concept": args.concept, "fit_split": args.fit_split, "eval_split": args.split,
-           "data_spec": eval_set.meta.get("data_spec"), "rows": rows, "causal": causal}
-    merged = merge_erasure(read_json(path) if path.is_file() else None, new)
-    atomic_write_json(path, merged)
-    atomic_write_csv(out / "erasure.csv", [_flat(r) for r in merged["rows"]], CSV_COLUMNS)
-    print(f"{run_dir.name}: {len(rows)} erasure probes, {len(causal)} causal rows → {path}")
-    print(format_table(rows, causal))
+    for concept in concepts:
+        rows, erasers = erase_sweep(fit_set=fit_set, eval_set=eval_set, concept=concept, targets=targets,
+                                    readouts=readouts, layers=args.layers, cv=args.cv, seeds=args.seeds,
+                                    group=args.group, engine=args.engine)
+        causal = []
+        cls = {layer: e for (r, layer), e in erasers.items() if r == "cls"}
+        if cls and not args.no_causal:
+            from probe.attribution import load_batch
+            from train.runs import load_run
+
+            if model is None:
+                model, config = load_run(run_dir)
+                batch = load_batch(config, args.data, args.split, args.causal_n)
+            fit_cls = {layer: np.asarray(fit_set.readout("cls", layer)) for layer in cls}
+            causal = causal_erasure(model, batch.images, batch.labels, cls, fit_cls=fit_cls, seeds=args.seeds,
+                                    batch_size=args.batch_size, concept=concept)
+        new = {"run": run_dir.name, "concept": concept, "fit_split": args.fit_split, "eval_split": args.split,
+               "data_spec": eval_set.meta.get("data_spec"), "rows": rows, "causal": causal}
+        merged = merge_erasure(read_json(path) if path.is_file() else None, new)
+        atomic_write_json(path, merged)
+        atomic_write_csv(out / "erasure.csv", [_flat(r) for r in merged["rows"]], CSV_COLUMNS)
+        print(f"{run_dir.name}: erase {concept}: {len(rows)} erasure probes, {len(causal)} causal rows → {path}")
+        print(format_table(rows, causal))
     return 0
 
 

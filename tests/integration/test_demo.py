@@ -41,8 +41,8 @@ def test_plan_names_every_stage_in_order(tmp_path):
     for stage in stages:  # every dependency is planned before the stage that needs it
         assert all(names.index(a) < names.index(stage.name) for a in stage.after)
     # erasure and MLP/MDL stages; writers of the same json file run one after the other
-    assert by["erase expression quick_vit"].after == ["extract quick_vit"]
-    assert by["erase identity quick_vit"].after == ["erase expression quick_vit"]
+    erase = by["erase quick_vit"]
+    assert erase.after == ["extract quick_vit"] and erase.argv[erase.argv.index("--concept") + 1] == "expression,identity"
     assert by["mlp probes quick_vit"].after == ["linear probes quick_vit"]
     assert {"--probe", "mlp", "--mdl"} <= set(by["mlp probes quick_vit"].argv)
     linear = by["linear probes quick_cataftermlp"].argv

@@ -74,3 +74,25 @@ def test_probe_cli_end_to_end(_artifacts_root, capsys):
     assert "valid readouts are" in capsys.readouterr().err
     assert main(["linear", "--run", "vit", "--targets", "pose"]) == 2
     assert "valid targets are expression" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_erase_several_concepts_in_one_call(_artifacts_root, capsys):
+    """`probe erase --concept expression,background` writes both concepts' rows (and causal rows for the CLS)
+    in one process, exactly as two calls would leave them in erasure.json."""
+    from probe.cli import main
+
+    cat = make_run(_artifacts_root, "cat", "cataftermlp")
+    assert main(["erase", "--run", "cat", "--concept", "expression,background", "--layers", "-1", "--cv", "2",
+                 "--seeds", "2", "--fit-split", "val", "--causal-n", "16", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "erase expression:" in out and "erase background:" in out
+    data = json.loads((cat / "probes" / "erasure.json").read_text())
+    assert {r["concept"] for r in data["rows"]} == {"expression", "background"}
+    assert {(r["concept"], r["target"]) for r in data["rows"]} == {
+        ("expression", "expression"), ("background", "background"), ("background", "expression")}
+    assert {c["concept"] for c in data["causal"]} == {"expression", "background"}
+    for r in data["rows"]:
+        assert 0.0 <= r["after"] <= 1.0 and r["n_seeds"] == 2
+    with pytest.raises(SystemExit):
+        main(["erase", "--run", "cat"])  # --concept is required
