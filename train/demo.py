@@ -134,8 +134,6 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
             Stage(f"linear probes {run}", ["probe", "linear", "--run", run, "--tokens", "cls,patch", "--targets",
                                            "all" if opts.quick else DEMO_TARGETS, *small],
                   [rdir[run] / "probes" / "linear.json"], weights, [run], after=[f"extract {run}"]),
-            Stage(f"umap {run}", ["probe", "umap", "--run", run], [rdir[run] / "probes" / "umap.csv"], weights, [run],
-                  after=[f"extract {run}"]),
         ]
         # erase reads-modifies-writes erasure.json and the MLP probes linear.json: the MLP stage waits for the
         # linear one; erase handles both concepts in one process (one model load, one val-split extraction)
@@ -162,6 +160,10 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
         stages.append(Stage(f"profile {run}", profile, [rdir[run] / "profile.json"], weights, [run], after=[fit]))
     joined = ",".join(runs)
     weights = [rdir[r] / "model.safetensors" for r in runs]
+    # One UMAP process for every run: umap-learn's numba kernels compile on the first fit of each process (~20 s
+    # of CPU, more than the 12 embeddings of 800 faces take), so the runs share one compilation.
+    stages.append(Stage("umap", ["probe", "umap", "--run", joined], [rdir[r] / "probes" / "umap.csv" for r in runs],
+                        weights, runs, after=[f"extract {r}" for r in runs]))
     stages.append(Stage("cka", ["probe", "cka", "--run", joined], [rdir[r] / "probes" / "cka.json" for r in runs],
                         weights, runs, after=[f"extract {r}" for r in runs]))
     probe_outputs = [p for s in stages[1:] for p in s.outputs if not s.name.startswith("extract")]

@@ -24,7 +24,7 @@ def test_plan_names_every_stage_in_order(tmp_path):
     names = [s.name for s in stages]
     assert names[:3] == ["synthfer", "fit vit", "fit cataftermlp"]  # the slower fit starts first
     assert names[-2:] == ["figures", "report"]
-    for want in ("extract quick_vit", "linear probes quick_cataftermlp", "cka", "umap quick_vit", "rollout quick_vit",
+    for want in ("extract quick_vit", "linear probes quick_cataftermlp", "cka", "umap", "rollout quick_vit",
                  "gradcam quick_vit", "attribute quick_cataftermlp", "intervene quick_vit",
                  "profile quick_cataftermlp"):
         assert want in names
@@ -37,6 +37,7 @@ def test_plan_names_every_stage_in_order(tmp_path):
     assert by["linear probes quick_cataftermlp"].after == ["extract quick_cataftermlp"]
     assert by["rollout quick_vit"].after == ["fit vit"]
     assert set(by["cka"].after) == {"extract quick_vit", "extract quick_cataftermlp"}
+    assert set(by["umap"].after) == set(by["cka"].after) and by["umap"].argv[3] == "quick_vit,quick_cataftermlp"
     assert set(by["figures"].after) == set(names[1:-2]) and by["report"].after == ["figures"]
     for stage in stages:  # every dependency is planned before the stage that needs it
         assert all(names.index(a) < names.index(stage.name) for a in stage.after)
