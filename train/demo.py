@@ -40,6 +40,7 @@ DEMO_TARGETS = "expression,identity,yaw_bin,background,occluder,illumination,yaw
 EXPLAIN = {"rollout": [], "gradcam": ["--methods", "gradcam,eigencam"], "attribute": ["--methods", "ig,saliency"]}
 INTERVENE_N = 256
 APP_PORT = 8501  # streamlit's default
+FIGURE_NUMBERS = tuple(range(1, 10))  # probe/figures.py FIGURES
 DEMO_INTERVENTIONS = "mean,zero,patch_parts,top_attended_patch,random_patch"
 # Reviewer-grade evidence at demo cost (issue 15), on the last layer only (``--layers all`` is the default of both
 # commands): LEACE erasure of identity and of expression from cls and patch — erasers fitted on the validation
@@ -168,9 +169,16 @@ def plan(opts: DemoOptions, root: Path) -> list[Stage]:
                         weights, runs, after=[f"extract {r}" for r in runs]))
     probe_outputs = [p for s in stages[1:] for p in s.outputs if not s.name.startswith("extract")]
     figures = root / "figures"
-    stages.append(Stage("figures", ["probe", "figures", "--runs", joined, "--out", str(figures)],
-                        [figures / "figures.json"], probe_outputs + weights, runs,
-                        after=[s.name for s in stages[1:]]))
+    # Figure 5 computes its maps live from the models (IG, Grad-CAM, rollout on one face per class): it needs only
+    # the fits, so it runs beside the probes instead of at the end; the last stage draws the other figures, and
+    # both merge into figures.json (the grid stage is done before the other starts, so they never write at once).
+    others = ",".join(str(n) for n in FIGURE_NUMBERS if n != 5)
+    stages.append(Stage("figure 5", ["probe", "figures", "--runs", joined, "--out", str(figures), "--only", "5"],
+                        [figures / "fig5_attribution_grid.png"], weights, runs,
+                        after=[f"fit {v}" for v in opts.variants]))
+    stages.append(Stage("figures", ["probe", "figures", "--runs", joined, "--out", str(figures), "--only", others],
+                        [figures / "figures.json"], probe_outputs + weights + [figures / "fig5_attribution_grid.png"],
+                        runs, after=[s.name for s in stages[1:]]))
     report = root / "reports" / opts.prefix
     stages.append(Stage("report", ["probe", "report", "--runs", joined, "--out", str(report), "--figures", str(figures)],
                         [report / "report.md", report / "report.html"], probe_outputs + [figures / "figures.json"], runs,

@@ -39,6 +39,14 @@ def test_plan_names_every_stage_in_order(tmp_path):
     assert set(by["cka"].after) == {"extract quick_vit", "extract quick_cataftermlp"}
     assert set(by["umap"].after) == set(by["cka"].after) and by["umap"].argv[3] == "quick_vit,quick_cataftermlp"
     assert set(by["figures"].after) == set(names[1:-2]) and by["report"].after == ["figures"]
+    # figure 5 (live maps) needs only the fits and runs beside the probes; the last stage draws the rest
+    from probe.figures import FIGURES
+    from train.demo import FIGURE_NUMBERS
+
+    assert FIGURE_NUMBERS == tuple(FIGURES)
+    grid = by["figure 5"]
+    assert grid.after == ["fit vit", "fit cataftermlp"] and grid.argv[-2:] == ["--only", "5"]
+    assert by["figures"].argv[-1] == ",".join(str(n) for n in FIGURES if n != 5)
     for stage in stages:  # every dependency is planned before the stage that needs it
         assert all(names.index(a) < names.index(stage.name) for a in stage.after)
     # erasure and MLP/MDL stages; writers of the same json file run one after the other
