@@ -245,6 +245,15 @@ class StageResult:
     seconds: float
     log: str | None = None
     start: float | None = None  # seconds after the demo started
+    cpu_seconds: float | None = None  # user + system CPU of the stage's process tree
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of every child reaped so far (``RUSAGE_CHILDREN``)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_stage(stage: Stage, root: Path, env: dict[str, str]) -> StageResult:
@@ -259,6 +268,18 @@ class _Running:
     handle: object
     proc: subprocess.Popen
     start: float
+    cpu: float | None = None
+
+    def poll(self) -> bool:
+        """True once the process has ended; its CPU time is the rusage delta of reaping it (stages are reaped
+        one at a time, so the delta is this stage's)."""
+        if self.proc.returncode is not None:
+            return True
+        before = _children_cpu()
+        if self.proc.poll() is None:
+            return False
+        self.cpu = _children_cpu() - before
+        return True
 
 
 def _start(stage: Stage, root: Path, env: dict[str, str]) -> _Running:
@@ -274,14 +295,19 @@ def _start(stage: Stage, root: Path, env: dict[str, str]) -> _Running:
 
 
 def _finish(r: _Running, root: Path) -> StageResult:
-    returncode = r.proc.wait()
+    if r.proc.returncode is None:
+        before = _children_cpu()
+        r.proc.wait()
+        r.cpu = _children_cpu() - before
+    returncode = r.proc.returncode
     r.handle.close()
     seconds = time.perf_counter() - r.start
+    cpu = None if r.cpu is None else round(r.cpu, 2)
     if returncode != 0 or not _outputs_exist(r.stage):
-        return StageResult(r.stage.name, "failed", seconds, str(r.log))
+        return StageResult(r.stage.name, "failed", seconds, str(r.log), cpu_seconds=cpu)
     atomic_write_json(_stamp_path(root, r.stage), {"fingerprint": fingerprint(r.stage), "argv": r.stage.argv,
-                                                   "seconds": round(seconds, 2)})
-    return StageResult(r.stage.name, "ran", seconds, str(r.log))
+                                                   "seconds": round(seconds, 2), "cpu_seconds": cpu})
+    return StageResult(r.stage.name, "ran", seconds, str(r.log), cpu_seconds=cpu)
 
 
 def schedule(stages: Sequence[Stage], root: Path, env: dict[str, str], jobs: int, force: bool = False,
@@ -331,7 +357,7 @@ def schedule(stages: Sequence[Stage], root: Path, env: dict[str, str], jobs: int
         if not running:
             break
         while True:  # wait for the first stage to end
-            done = [r for r in running if r.proc.poll() is not None]
+            done = [r for r in running if r.poll()]
             if done:
                 break
             time.sleep(0.2)
@@ -344,7 +370,8 @@ def schedule(stages: Sequence[Stage], root: Path, env: dict[str, str], jobs: int
                 print(f"{tag(r.stage)}  FAILED after {res.seconds:.1f} s (log: {res.log})\n{_tail(res.log)}",
                       file=out, flush=True)
             else:
-                print(f"{tag(r.stage)}  {time.perf_counter() - t0:6.1f} s  done in {res.seconds:.1f} s", file=out,
+                cpu = "" if res.cpu_seconds is None else f" ({res.cpu_seconds:.1f} s CPU)"
+                print(f"{tag(r.stage)}  {time.perf_counter() - t0:6.1f} s  done in {res.seconds:.1f} s{cpu}", file=out,
                       flush=True)
     return [results[s.name] for s in stages if s.name in results]
 
@@ -480,8 +507,9 @@ def _write_timings(root: Path, opts: DemoOptions, results: Sequence[StageResult]
     atomic_write_json(root / "demo_timings.json", {
         "quick": opts.quick, "variants": list(opts.variants), "total_seconds": round(elapsed, 2),
         "jobs": jobs, "precision": run_precisions(root, [opts.run_name(v) for v in opts.variants]),
-        "stages": [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 2), "start": r.start}
-                   for r in results],
+        "stages": [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 2), "start": r.start,
+                    "cpu_seconds": r.cpu_seconds} for r in results],
+        "cpu_seconds": round(sum(r.cpu_seconds or 0.0 for r in results), 2),
         "machine": machine()})
 
 

@@ -86,6 +86,24 @@ def test_schedule_runs_side_by_side_and_blocks_dependents(tmp_path, monkeypatch)
     assert wall < 4 and "not run: it needs bad" in out.getvalue()
 
 
+def test_schedule_records_each_stages_cpu_time(tmp_path, monkeypatch):
+    """Side by side, a stage that computes and one that sleeps get their own CPU seconds (rusage of reaping)."""
+    import io
+
+    import train.demo as demo
+    from train.demo import Stage, schedule
+
+    popen = demo.subprocess.Popen
+    monkeypatch.setattr(demo.subprocess, "Popen", lambda cmd, **kw: popen([cmd[0], *cmd[2:]], **kw))  # drop "-m"
+    spin = ("import time,pathlib\nt=time.process_time()\nwhile time.process_time()-t<0.6: pass\n"
+            f"pathlib.Path({str(tmp_path / 'spin.txt')!r}).write_text('x')")
+    nap = f"import time,pathlib; time.sleep(0.6); pathlib.Path({str(tmp_path / 'nap.txt')!r}).write_text('x')"
+    stages = [Stage("spin", ["-c", spin], [tmp_path / "spin.txt"]), Stage("nap", ["-c", nap], [tmp_path / "nap.txt"])]
+    results = {r.name: r for r in schedule(stages, tmp_path, dict(os.environ), jobs=2, out=io.StringIO())}
+    assert results["spin"].cpu_seconds >= 0.55 and results["spin"].cpu_seconds < results["spin"].seconds + 0.5
+    assert results["nap"].cpu_seconds < 0.5 < results["nap"].seconds
+
+
 def test_stamps_skip_until_an_input_changes(tmp_path):
     import time
 
