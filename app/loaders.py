@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -281,13 +282,43 @@ _WARM_LOCK = threading.Lock()
 # Attribution methods attach hooks and toggle fused attention on the shared cached model, so every
 # forward through a cached model (page or warm-up thread) holds this lock.
 COMPUTE_LOCK = threading.RLock()
+# Script runs in progress (main.py wraps each rerun in ``script_run``). The warm-up thread imports only
+# while none is: both share one GIL, so importing beside a page run would slow that page down.
+_ACTIVE_RUNS = 0
+_IDLE = threading.Condition()
+# The explain stack in import order, split into steps of well under a second each (on 2 cores: the most a
+# page switch can wait for a step already under way). torchvision pulls in torch._dynamo (~1 s) through
+# its ops; pytorch-grad-cam pulls in scipy.stats, scikit-learn (KernelPCA), matplotlib and OpenCV.
+WARM_MODULES = ("torch", "torch._dynamo", "torchvision", "timm", "train.models", "train.data", "train.engine",
+                "scipy.stats", "sklearn.decomposition", "matplotlib.pyplot", "cv2", "pytorch_grad_cam",
+                "captum.attr", "probe.attribution")
+
+
+@contextmanager
+def script_run() -> Iterator[None]:
+    """Mark one script run of any session as in progress; the warm-up thread waits until none is."""
+    global _ACTIVE_RUNS
+    with _IDLE:
+        _ACTIVE_RUNS += 1
+    try:
+        yield
+    finally:
+        with _IDLE:
+            _ACTIVE_RUNS -= 1
+            _IDLE.notify_all()
+
+
+def wait_idle(timeout: float = 30.0) -> bool:
+    """Block until no script run is in progress (or ``timeout`` s passed); True when idle."""
+    with _IDLE:
+        return _IDLE.wait_for(lambda: _ACTIVE_RUNS == 0, timeout=timeout)
 
 
 def warm_up(runs: list[Path]) -> None:
     """Load the explain stack (torch, timm, captum, grad-cam) and the runs' models in a background thread.
 
-    Called after a page has been sent, so the first Explain request does not pay for imports and
-    model loading; each run is warmed once per server process.
+    Called after a page has been sent, so the first Explain visit does not pay for imports and model
+    loading; each run is warmed once per server process. The thread works only between script runs.
     """
     with _WARM_LOCK:
         todo = [Path(r) for r in runs if str(r) not in _WARMED]
@@ -295,26 +326,32 @@ def warm_up(runs: list[Path]) -> None:
         first = "<stack>" not in _WARMED
         _WARMED.add("<stack>")
     if todo or first:
-        threading.Thread(target=_warm, args=(todo,), name="ferlens-warm-up", daemon=True).start()
+        threading.Thread(target=_warm, args=(todo, first), name="ferlens-warm-up", daemon=True).start()
 
 
-def _warm(runs: list[Path]) -> None:
-    import captum.attr  # noqa: F401  (imports are the point)
-    import pytorch_grad_cam  # noqa: F401
+def _warm(runs: list[Path], stack: bool = True) -> None:
+    import importlib
 
-    import probe.attribution  # noqa: F401
-
+    for name in WARM_MODULES if stack else ():
+        wait_idle()
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # a missing optional package shows its error on the Explain page; warming is only an optimisation
     import torch
 
     import probe
 
     for run in runs:
         try:
+            wait_idle()
             model, config, _ = model_for(run)
+            wait_idle()
             dataset_for(str(config["data"]["spec"]), "test")
             size = int(config["input"]["img_size"])
             x = torch.zeros(1, 3, size, size)  # (1, 3, H, W): the run's own input size
             for method in ("rollout", "gradcam", "ig"):  # first calls build hooks and load lazy modules
+                wait_idle()
                 with COMPUTE_LOCK:
                     probe.explain(model, x, method=method, target=0, **({"n_steps": 2} if method == "ig" else {}))
         except (FerlensError, KeyError, TypeError):

@@ -11,7 +11,7 @@ if str(_REPO) not in sys.path:  # streamlit puts app/ on sys.path; the pages imp
 
 import streamlit as st  # noqa: E402
 
-from app.loaders import warm_up  # noqa: E402
+from app.loaders import script_run, warm_up  # noqa: E402
 from app.state import sidebar_ui  # noqa: E402
 
 # Pages live in views/, not pages/: Streamlit treats a pages/ folder beside the entry script as a
@@ -30,8 +30,9 @@ PAGES: list[tuple[str, str, str]] = [
 ]
 
 st.set_page_config(page_title="ferlens", page_icon=":material/face:", layout="wide")
-nav = st.navigation([st.Page(_PAGES / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)])
-selection = sidebar_ui()
-nav.run()
+with script_run():  # the background warm-up waits while this run draws
+    nav = st.navigation([st.Page(_PAGES / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)])
+    selection = sidebar_ui()
+    nav.run()
 if os.environ.get("FERLENS_APP_WARMUP", "1") != "0":  # AppTest tests switch it off
     warm_up(selection.runs)  # after the page is drawn: models and the explain stack load in the background

@@ -63,19 +63,42 @@ def server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_idle(page, timeout_ms: int = 60_000) -> None:
-    """Wait until the script run triggered by the last action has finished."""
-    try:  # the run may already be over, so seeing 'running' is optional
-        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]', timeout=1500)
-    except Exception:  # playwright's TimeoutError: the rerun finished before we looked
-        pass
+# Before an action: watch the app's script state, so a rerun that starts and ends between two polls is
+# still seen ('running' may last only milliseconds; waiting for it to be visible would time out instead).
+ARM = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  window.__ferlensRan = false;
+  if (window.__ferlensObserver) window.__ferlensObserver.disconnect();
+  window.__ferlensObserver = new MutationObserver(() => {
+    if (app.getAttribute('data-test-script-state') === 'running') window.__ferlensRan = true;
+  });
+  window.__ferlensObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+
+
+def arm(page) -> None:
+    """Call before a click that triggers a rerun: ``wait_idle`` then knows whether the rerun started."""
+    page.evaluate(ARM)
+
+
+def wait_idle(page, timeout_ms: int = 60_000, started: bool = False) -> None:
+    """Wait until the script run triggered by the last action (after ``arm``) has finished.
+
+    Args:
+        started: the caller has seen output of the new run (a new title, a new caption), so it has begun.
+    """
+    if not started:
+        try:  # seen by the observer of ``arm``; without one (or when React batched the state away) go on
+            page.wait_for_function("window.__ferlensRan === true", timeout=1500)
+        except Exception:  # playwright's TimeoutError
+            pass
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
 
 
 def wait_page(page, title: str, n_charts: int, timeout_ms: int = 60_000) -> None:
     """Wait for the page title, the end of the script run and ``n_charts`` rendered Vega charts."""
     page.wait_for_selector(f'h1:has-text("{title}")', timeout=timeout_ms)
-    wait_idle(page, timeout_ms)
+    wait_idle(page, timeout_ms, started=True)  # the new page's title comes from the new run
     page.wait_for_function(f"document.querySelectorAll('{RENDERED}').length >= {n_charts}", timeout=timeout_ms)
     page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=timeout_ms)
 
@@ -129,6 +152,7 @@ def run_flow(root: Path, out_dir: Path, screenshot_dir: Path | None = None) -> d
             shoot("01_overview")
             timings["problems"]["Overview"] = problems(page)
             for k, (link, title, n) in enumerate(PAGES[1:], start=2):
+                arm(page)
                 t, c = time.perf_counter(), server_cpu(proc.pid)
                 page.locator('[data-testid="stSidebarNavLink"]', has_text=link).first.click()
                 wait_page(page, title, n)
@@ -147,6 +171,7 @@ def run_flow(root: Path, out_dir: Path, screenshot_dir: Path | None = None) -> d
                     shoot(f"{k:02d}_{title.lower()}_next_image")
                     timings["problems"]["Explain (next image)"] = problems(page)
             # switching runs: drop one run from the sidebar multiselect and wait for the charts again
+            arm(page)
             t, c = time.perf_counter(), server_cpu(proc.pid)
             page.locator('[data-testid="stSidebar"] [aria-label^="Remove "]').first.click()
             wait_idle(page)
@@ -173,6 +198,7 @@ def run_flow(root: Path, out_dir: Path, screenshot_dir: Path | None = None) -> d
 def explain_request(page) -> float:
     """Move the image-index slider one step and time until both runs' maps are back."""
     caption = page.locator('[data-testid="stImageCaption"]').first.inner_text()
+    arm(page)
     t = time.perf_counter()
     slider = page.get_by_role("slider", name=re.compile("Image index")).first
     slider.focus()
@@ -180,7 +206,7 @@ def explain_request(page) -> float:
     page.wait_for_function(
         "c => { const e = document.querySelector('[data-testid=\"stImageCaption\"]'); return e && e.innerText !== c; }",
         arg=caption, timeout=60_000)
-    wait_idle(page)
+    wait_idle(page, started=True)  # the new caption comes from the new run
     page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60_000)
     return time.perf_counter() - t
 
