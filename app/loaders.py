@@ -7,6 +7,7 @@ see an exception from a run folder, so one corrupt run cannot break the others.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -279,18 +280,23 @@ def dataset_for(spec: str, split: str):
 
 _WARMED: set[str] = set()
 _WARM_LOCK = threading.Lock()
+_WARM_JOBS: queue.Queue[str] = queue.Queue()  # "<stack>" or a run folder, done in order by one thread
+_WARM_THREAD: threading.Thread | None = None
 # Attribution methods attach hooks and toggle fused attention on the shared cached model, so every
 # forward through a cached model (page or warm-up thread) holds this lock.
 COMPUTE_LOCK = threading.RLock()
-# Script runs in progress (main.py wraps each rerun in ``script_run``). The warm-up thread imports only
+# Script runs in progress (ui.py wraps each rerun in ``script_run``). The warm-up thread imports only
 # while none is: both share one GIL, so importing beside a page run would slow that page down.
 _ACTIVE_RUNS = 0
 _IDLE = threading.Condition()
-# The explain stack in import order, split into steps of well under a second each (on 2 cores: the most a
-# page switch can wait for a step already under way). torchvision pulls in torch._dynamo (~1 s) through
-# its ops; pytorch-grad-cam pulls in scipy.stats, scikit-learn (KernelPCA), matplotlib and OpenCV.
-WARM_MODULES = ("torch", "torch._dynamo", "torchvision", "timm", "train.models", "train.data", "train.engine",
-                "scipy.stats", "sklearn.decomposition", "matplotlib.pyplot", "cv2", "pytorch_grad_cam",
+# What the pages draw with, then the explain stack, in import order and in steps of well under a second
+# each (on 2 cores: the most a page run can wait for a step already under way). torchvision pulls in
+# torch._dynamo (~1 s) through its ops; pytorch-grad-cam pulls in scipy.stats, scikit-learn (KernelPCA),
+# matplotlib and OpenCV.
+WARM_MODULES = ("numpy", "pandas", "pyarrow", "altair", "PIL.Image", "app.charts", "app.state", "app.actions",
+                "app.explainer", "torch", "sympy", "torch.fx", "torch._dynamo", "torchvision", "timm",
+                "train.models", "train.data", "train.engine", "scipy.linalg", "scipy.sparse", "scipy.stats",
+                "sklearn.base", "sklearn.decomposition", "matplotlib.pyplot", "cv2", "pytorch_grad_cam",
                 "captum.attr", "probe.attribution")
 
 
@@ -317,42 +323,56 @@ def wait_idle(timeout: float = 30.0) -> bool:
 def warm_up(runs: list[Path]) -> None:
     """Load the explain stack (torch, timm, captum, grad-cam) and the runs' models in a background thread.
 
-    Called after a page has been sent, so the first Explain visit does not pay for imports and model
-    loading; each run is warmed once per server process. The thread works only between script runs.
+    Called when the server starts (``main.py``'s lifespan, with no runs) and after each page has been
+    sent (with the selected runs), so neither the first page nor the first Explain visit pays for imports
+    and model loading. Everything is warmed once per server process, by one thread, between script runs.
     """
+    global _WARM_THREAD
     with _WARM_LOCK:
-        todo = [Path(r) for r in runs if str(r) not in _WARMED]
-        _WARMED.update(str(r) for r in todo)
-        first = "<stack>" not in _WARMED
-        _WARMED.add("<stack>")
-    if todo or first:
-        threading.Thread(target=_warm, args=(todo, first), name="ferlens-warm-up", daemon=True).start()
+        jobs = ([] if "<stack>" in _WARMED else ["<stack>"]) + [str(r) for r in runs if str(r) not in _WARMED]
+        _WARMED.update(jobs)
+        for job in jobs:
+            _WARM_JOBS.put(job)
+        if jobs and _WARM_THREAD is None:
+            _WARM_THREAD = threading.Thread(target=_warm_forever, name="ferlens-warm-up", daemon=True)
+            _WARM_THREAD.start()
 
 
-def _warm(runs: list[Path], stack: bool = True) -> None:
+def _warm_forever() -> None:
+    while True:
+        job = _WARM_JOBS.get()
+        if job == "<stack>":
+            _warm_stack()
+        else:
+            _warm_run(Path(job))
+
+
+def _warm_stack() -> None:
     import importlib
 
-    for name in WARM_MODULES if stack else ():
+    for name in WARM_MODULES:
         wait_idle()
         try:
             importlib.import_module(name)
         except ImportError:
             pass  # a missing optional package shows its error on the Explain page; warming is only an optimisation
-    import torch
 
-    import probe
 
-    for run in runs:
-        try:
+def _warm_run(run: Path) -> None:
+    try:
+        wait_idle()
+        model, config, _ = model_for(run)
+        wait_idle()
+        dataset_for(str(config["data"]["spec"]), "test")
+        import torch
+
+        import probe
+
+        size = int(config["input"]["img_size"])
+        x = torch.zeros(1, 3, size, size)  # (1, 3, H, W): the run's own input size
+        for method in ("rollout", "gradcam", "ig"):  # first calls build hooks and load lazy modules
             wait_idle()
-            model, config, _ = model_for(run)
-            wait_idle()
-            dataset_for(str(config["data"]["spec"]), "test")
-            size = int(config["input"]["img_size"])
-            x = torch.zeros(1, 3, size, size)  # (1, 3, H, W): the run's own input size
-            for method in ("rollout", "gradcam", "ig"):  # first calls build hooks and load lazy modules
-                wait_idle()
-                with COMPUTE_LOCK:
-                    probe.explain(model, x, method=method, target=0, **({"n_steps": 2} if method == "ig" else {}))
-        except (FerlensError, KeyError, TypeError):
-            pass  # an unusable run shows its error on the Explain page; warming it is only an optimisation
+            with COMPUTE_LOCK:
+                probe.explain(model, x, method=method, target=0, **({"n_steps": 2} if method == "ig" else {}))
+    except (FerlensError, KeyError, TypeError):
+        pass  # an unusable run shows its error on the Explain page; warming it is only an optimisation

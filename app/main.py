@@ -1,38 +1,37 @@
-"""ferlens app entry: ``streamlit run app/main.py``. Draws the sidebar, then routes to the pages."""
+"""ferlens app entry: ``streamlit run app/main.py``.
+
+An ``st.App`` (Streamlit's own server, with a lifespan hook) serving ``app/ui.py`` — the sidebar and the
+pages. The hook starts the background warm-up as the server starts: while the browser loads Streamlit's
+frontend, the server imports what the first page draws with (pandas, Altair, pyarrow) and then the explain
+stack (torch, timm, captum, pytorch-grad-cam: about 4 s of imports on one core), only ever between script
+runs (``app.loaders.script_run``), so neither the first page nor the first Explain visit pays for them.
+"""
 from __future__ import annotations
 
 import os
 import sys
+import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:  # streamlit puts app/ on sys.path; the pages import the `app` package
+if str(_REPO) not in sys.path:  # the warm-up imports the `app` package from the repo root
     sys.path.insert(0, str(_REPO))
 
 import streamlit as st  # noqa: E402
 
-from app.loaders import script_run, warm_up  # noqa: E402
-from app.state import sidebar_ui  # noqa: E402
 
-# Pages live in views/, not pages/: Streamlit treats a pages/ folder beside the entry script as a
-# legacy (v1) multipage app and may run a page file without this script (no sidebar, no selection).
-_PAGES = Path(__file__).resolve().parent / "views"
+def _warm_up() -> None:
+    from app.loaders import warm_up  # pandas & co.: imported off the event loop, which must start serving
 
-# (file, title, icon) in menu order
-PAGES: list[tuple[str, str, str]] = [
-    ("overview.py", "Overview", ":material/dashboard:"),
-    ("probes.py", "Probes", ":material/insights:"),
-    ("embeddings.py", "Embeddings", ":material/scatter_plot:"),
-    ("explain.py", "Explain", ":material/visibility:"),
-    ("similarity.py", "Similarity", ":material/grid_on:"),
-    ("interventions.py", "Interventions", ":material/science:"),
-    ("efficiency.py", "Efficiency", ":material/speed:"),
-]
+    warm_up([])  # the import stack only; the selected runs' models follow the first page (ui.py)
 
-st.set_page_config(page_title="ferlens", page_icon=":material/face:", layout="wide")
-with script_run():  # the background warm-up waits while this run draws
-    nav = st.navigation([st.Page(_PAGES / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)])
-    selection = sidebar_ui()
-    nav.run()
-if os.environ.get("FERLENS_APP_WARMUP", "1") != "0":  # AppTest tests switch it off
-    warm_up(selection.runs)  # after the page is drawn: models and the explain stack load in the background
+
+@asynccontextmanager
+async def _lifespan(_app):
+    if os.environ.get("FERLENS_APP_WARMUP", "1") != "0":
+        threading.Thread(target=_warm_up, name="ferlens-warm-up-start", daemon=True).start()
+    yield
+
+
+app = st.App(Path(__file__).resolve().parent / "ui.py", lifespan=_lifespan)

@@ -23,7 +23,7 @@ DATA_SPEC = "synthfer:size=64,n=140,seed=0"
 # registry lacks class-attention variants.
 RUNS = {"tiny_vit_a": ("ferlens_tiny_vit_s3", 2, 0.71), "tiny_cat_b": ("ferlens_tiny_cataftermlp_s3", 2, 0.64)}
 CORRUPT = "corrupt_run"
-MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "ui.py")  # the script main.py serves
 
 
 def _config(model: str, kwargs: dict) -> dict:

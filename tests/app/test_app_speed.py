@@ -63,7 +63,7 @@ def test_warm_thread_imports_only_between_runs(tmp_path, monkeypatch):
     sys.modules.pop("ferlens_warm_probe", None)
     try:
         with loaders.script_run():
-            t = threading.Thread(target=loaders._warm, args=([],), daemon=True)
+            t = threading.Thread(target=loaders._warm_stack, daemon=True)
             t.start()
             time.sleep(0.3)
             assert "ferlens_warm_probe" not in sys.modules
