@@ -79,3 +79,33 @@ def test_no_full_gc_after_every_rerun():
     # script-level config: Streamlit reads app/.streamlit/config.toml whatever the working directory
     config = tomllib.loads((Path(MAIN).parent / ".streamlit" / "config.toml").read_text())
     assert config["runner"]["postScriptGC"] is False
+
+
+# Enters main.py's lifespan (what `streamlit run app/main.py` does as the server starts) and reports
+# whether the warm-up was queued, without waiting for its imports.
+LIFESPAN = """
+import asyncio, json, time
+import app.main as m
+from app import loaders
+async def serve():
+    async with m._lifespan(m.app):
+        pass
+asyncio.run(serve())
+deadline = time.time() + 30
+while "<stack>" not in loaders._WARMED and time.time() < deadline and {warm!r} != "0":
+    time.sleep(0.05)
+print(json.dumps({{"warmed": sorted(loaders._WARMED), "script": str(m.app.script_path)}}))
+"""
+
+
+def test_server_start_queues_the_warm_up(tmp_path):
+    repo = Path(MAIN).parents[1]
+    for warm, expected in (("1", ["<stack>"]), ("0", [])):
+        env = {"FERLENS_APP_WARMUP": warm, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+               "HOME": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-c", LIFESPAN.format(warm=warm)], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        assert report["warmed"] == expected
+        assert Path(report["script"]).resolve() == Path(MAIN).resolve()  # main.py serves ui.py

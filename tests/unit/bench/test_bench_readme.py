@@ -51,3 +51,12 @@ def test_demo_table_names_the_cpu_and_the_budget():
     assert "AMD EPYC 7B13" in text and "(AVX2;" in text and "commit abc1234" in text
     assert "**512 s**" in text and "setup 101 s" in text and "pipeline 398 s" in text and "≤ 600 s" in text
     assert "vit 95.7%" in text and "cataftermlp 93.5%" in text and "fit vit 280 s" in text
+
+
+def test_app_row_quotes_the_explain_page_and_the_medians():
+    report = {**REPORT, "benchmarks": {"bench_app": {"status": "ok", "result": {
+        "first_page": 3.9, "page_switch_max": 0.8, "explain_page": 1.7, "explain_request": 0.6, "runs": 3,
+        "pages": {"Probes": 0.8, "Explain": 1.7}}}}}
+    row = next(line for line in table(report).splitlines() if "bench_app" in line)
+    assert "3.90 s / 0.80 s / 1.70 s / 0.60 s" in row and "median of 3 runs" in row and "Explain 1.70 s" in row
+    assert "≤ 5 s / 1.5 s / 2 s / 2 s" in row
