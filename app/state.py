@@ -1,6 +1,6 @@
 """Sidebar and shared selection: artifacts root, runs, split, target.
 
-``main.py`` calls ``sidebar_ui()`` on every rerun before the page runs; pages read the result with
+``ui.py`` calls ``sidebar_ui()`` on every rerun before the page runs; pages read the result with
 ``selection()``. Every run name or path typed in the UI (or passed as ``?runs=`` query parameter)
 is resolved with ``resolve_inside`` and must stay inside the chosen artifacts root.
 """
