@@ -5,9 +5,9 @@ in README.md; everything outside the markers is left alone. It names the CPU the
 (model name and ISA: AMX/AVX-512 BF16 or AVX2), the date and the load caveat, then one row per benchmark
 that ``results.json`` holds.
 
-    python -m bench.readme                      # bench/results.json -> README.md
+    python -m bench.readme --results bench/results.json   # bench/results.json -> README.md
     python -m bench.readme --results bench/results.json,bench/results-avx2.json   # one table per file
-    python -m bench.readme --demo bench/demo-budget-avx2.json     # plus the fresh-clone `make demo` budget
+    python -m bench.readme --demo bench/demo-budget-avx2.json     # the demo-budget block (fresh-clone `make demo`)
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from train.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = "performance"
+DEMO_BLOCK = "demo-budget"  # bench/demo_budget.py's fresh-clone `make demo` timing
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -146,28 +147,34 @@ def write_block(readme: Path, name: str, body: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default=str(REPO / "bench" / "results.json"),
+    parser.add_argument("--results", default="",
                         help="results file(s), comma-separated: one table each (e.g. native and AVX2-emulated)")
     parser.add_argument("--demo", default="", help="demo-budget file(s) of bench/demo_budget.py, comma-separated")
     parser.add_argument("--readme", default=str(REPO / "README.md"))
     args = parser.parse_args(argv)
     try:
+        if not args.results.strip() and not args.demo.strip():
+            raise FerlensError("Nothing to write; pass --results bench/results.json and/or "
+                               "--demo bench/demo-budget-<isa>.json.")
         tables = []
         for name in [r for r in args.results.split(",") if r.strip()]:
             path = Path(name)
             if not path.is_file():
                 raise FerlensError(f"{path} does not exist; run `make bench` first.")
             tables.append(table(json.loads(path.read_text())))
+        demos = []
         for name in [r for r in args.demo.split(",") if r.strip()]:
             path = Path(name)
             if not path.is_file():
                 raise FerlensError(f"{path} does not exist; run `python -m bench.demo_budget` first.")
-            tables.append(demo_table(json.loads(path.read_text())))
-        changed = write_block(Path(args.readme), BLOCK, "\n\n".join(tables))
+            demos.append(demo_table(json.loads(path.read_text())))
+        changed = write_block(Path(args.readme), BLOCK, "\n\n".join(tables)) if tables else False
+        if demos:
+            changed = write_block(Path(args.readme), DEMO_BLOCK, "\n\n".join(demos)) or changed
     except FerlensError as e:
         print(f"bench.readme: error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.readme}: performance block {'updated' if changed else 'unchanged'}")
+    print(f"{args.readme}: {'updated' if changed else 'unchanged'}")
     return 0
 
 

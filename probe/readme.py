@@ -140,7 +140,8 @@ BLOCKS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], str]] = {
 
 
 # blocks another generator writes (from other artifacts); ``rewrite`` leaves their bodies as they are
-OWNED_ELSEWHERE = {"performance": "python -m bench.readme (from bench/results*.json)"}
+OWNED_ELSEWHERE = {"performance": "python -m bench.readme --results bench/results*.json",
+                   "demo-budget": "python -m bench.readme --demo bench/demo-budget-*.json"}
 
 
 def rewrite(text: str, facts: dict[str, Any], timings: dict[str, Any] | None = None) -> str:
