@@ -119,6 +119,7 @@ class StreamStats:
         patch_mean: {layer: (N, D)} mean patch token per grid position (absent where no patches remain).
         cls_read: (n, N) CLS attention on each patch (mean over heads and blocks), or None when not asked.
         n: number of images the statistics come from.
+        stream: {layer: (n, T, D)} the clean residual stream itself, when asked (``keep_stream``).
     """
 
     logits: Tensor
@@ -126,6 +127,7 @@ class StreamStats:
     patch_mean: dict[str, Tensor]
     cls_read: Tensor | None = None
     n: int = 0
+    stream: dict[str, Tensor] | None = None
 
     def cls_mean(self, layer: str) -> Tensor:
         """(D,) mean CLS token at ``layer``."""
@@ -134,24 +136,28 @@ class StreamStats:
 
 @torch.no_grad()
 def stream_stats(model: nn.Module, images: Tensor, layers: Sequence[str], batch_size: int = 64,
-                 with_attention: bool = False) -> StreamStats:
+                 with_attention: bool = False, keep_stream: bool = False) -> StreamStats:
     """One clean pass collecting logits, CLS tokens, mean patch tokens at ``layers`` (and CLS attention).
 
     Args:
         images: (n, 3, H, W).
         with_attention: also return ``cls_read`` (n, N), for ``top_attended_patch``; it comes from a second
             pass, so the clean logits keep timm's fused attention like the patched runs they are compared with.
+        keep_stream: also return the clean stream at every layer (``stream``), which the patched runs resume from.
     """
     from .cache import hooked
 
     spec = model_spec(model)
     logits, cls = [], {n: [] for n in layers if spec.layout(n).cls_index is not None}
     patch_sum: dict[str, Tensor] = {}
+    stream: dict[str, list[Tensor]] = {n: [] for n in layers}
     with hooked(model, list(layers)) as cache:
         for chunk in tqdm(images.split(batch_size), desc="clean pass", leave=False):
             logits.append(model(chunk))
             for n in layers:
                 x = cache[n]                                              # (B, T, D)
+                if keep_stream:
+                    stream[n].append(x)
                 if n in cls:
                     cls[n].append(spec.cls(x, n))                         # (B, D)
                 if spec.layout(n).patches:
@@ -160,7 +166,40 @@ def stream_stats(model: nn.Module, images: Tensor, layers: Sequence[str], batch_
     n = int(images.shape[0])
     return StreamStats(torch.cat(logits), {k: torch.cat(v) for k, v in cls.items()},
                        {k: s / n for k, s in patch_sum.items()},
-                       cls_read(model, images, batch_size) if with_attention else None, n)
+                       cls_read(model, images, batch_size) if with_attention else None, n,
+                       {k: torch.cat(v) for k, v in stream.items()} if keep_stream else None)
+
+
+def resume_from(model: nn.Module, layer: str) -> Callable[[Tensor], Tensor] | None:
+    """The rest of the forward from the output of residual-stream hook ``layer`` to the logits, or None
+    when the model's forward is not known to be one chain of those hooks.
+
+    A patch at ``layer`` leaves everything before it as in the clean run, so the patched run starts from the
+    clean stream there instead of from the pixels: with the CNN stem and the blocks up to ``layer`` skipped,
+    the demo's interventions (5 layers x 5 modes) forward about a third of the model-work of full forwards.
+    Written here for ferlens' ``HybridFER`` (``embed`` ending in the ``tokens`` hook, then ``blocks``, ``norm``,
+    ``forward_head``), whose forward is that chain; any other model (or a subclass that changes the forward)
+    gets None and the patched runs forward the whole model.
+    """
+    from train.models.hybrid import HybridFER
+
+    cls = type(model)
+    if not isinstance(model, HybridFER) or any(getattr(cls, f) is not getattr(HybridFER, f)
+                                               for f in ("forward", "forward_features", "embed")):
+        return None
+    if layer == "tokens":
+        start = 0
+    elif layer.startswith("blocks.") and layer[7:].isdigit() and int(layer[7:]) < len(model.blocks):
+        start = int(layer[7:]) + 1
+    else:
+        return None
+
+    def rest(x: Tensor) -> Tensor:                                        # (B, T, D) -> (B, C)
+        for blk in model.blocks[start:]:
+            x = blk(x)
+        return model.forward_head(model.norm(x))
+
+    return rest
 
 
 @torch.no_grad()
@@ -310,7 +349,8 @@ def _check(model: nn.Module, modes: Sequence[str], layers: Sequence[str] | None,
 def run_interventions(model: nn.Module, images: Tensor, labels: Tensor, modes: Sequence[str] = CLS_MODES,
                       layers: Sequence[str] | None = None, cells: Tensor | None = None,
                       batch_size: int = 64, seed: int = 0, reference: Tensor | StreamStats | None = None,
-                      n_boot: int = N_BOOT) -> list[dict]:
+                      n_boot: int = N_BOOT, resume: bool = True,
+                      clean_logits: list[Tensor] | None = None) -> list[dict]:
     """Accuracy and true-class logit change under each intervention at each layer, with paired CIs.
 
     Args:
@@ -326,6 +366,9 @@ def run_interventions(model: nn.Module, images: Tensor, labels: Tensor, modes: S
             tokens; None falls back to the evaluated images themselves (``means_from = "self"``, only for
             tests — the CLI always passes the train split).
         n_boot: bootstrap resamples.
+        resume: start each patched run from the clean stream at its layer (``resume_from``) where the model
+            allows; False forwards every patched run from the pixels (the same logits, slower).
+        clean_logits: when a list is given, the clean (n, C) logits are appended to it (callers reuse them).
 
     Returns:
         Rows with ``COLUMNS``; the first row is the clean run (``layer='none', mode='clean'``).
@@ -335,7 +378,11 @@ def run_interventions(model: nn.Module, images: Tensor, labels: Tensor, modes: S
     spec = model_spec(model)
     lay = token_layout(model, images)
     n = images.shape[0]
-    own = stream_stats(model, images, layers, batch_size, with_attention="top_attended_patch" in modes)
+    resumes = {layer: resume_from(model, layer) if resume else None for layer in layers}
+    own = stream_stats(model, images, layers, batch_size, with_attention="top_attended_patch" in modes,
+                       keep_stream=any(r is not None for r in resumes.values()))
+    if clean_logits is not None:
+        clean_logits.append(own.logits)
     if reference is None:
         ref, source = own, "self"
     else:
@@ -363,6 +410,9 @@ def run_interventions(model: nn.Module, images: Tensor, labels: Tensor, modes: S
         out = []
         for idx in torch.arange(n).split(batch_size):
             edit = _replacement(mode, layer, ref, own, idx, perm, mode_cells.get(mode), spec.layout(layer))
+            if resumes[layer] is not None:                                # same chunks as the clean pass
+                out.append(resumes[layer](edit(own.stream[layer][idx])))
+                continue
             with patched(model, layer, edit):
                 out.append(model(images[idx]))
         row = dict(layer=layer, mode=mode, **score_row(torch.cat(out), labels, own.logits, n_boot, seed))
@@ -372,15 +422,17 @@ def run_interventions(model: nn.Module, images: Tensor, labels: Tensor, modes: S
 
 @torch.no_grad()
 def counterfactual_rows(model: nn.Module, images: Tensor, cf_images: dict[str, Tensor], labels: Tensor,
-                        batch_size: int = 64) -> list[dict]:
+                        batch_size: int = 64, clean: Tensor | None = None) -> list[dict]:
     """Rows for input-level counterfactuals.
 
     Args:
         images: (n, 3, H, W) originals; cf_images: {mode: (n, 3, H, W)} counterfactual renders;
         labels: (n,) true classes of the originals.
+        clean: (n, C) logits of ``images`` when already known (the clean pass of ``run_interventions``).
     """
     model.eval()
-    clean = torch.cat([model(x) for x in images.split(batch_size)])
+    if clean is None:
+        clean = torch.cat([model(x) for x in images.split(batch_size)])
     rows = []
     for mode, cf in cf_images.items():
         logits = torch.cat([model(x) for x in cf.split(batch_size)])

@@ -91,8 +91,12 @@ class DeletionInsertion:
 
 
 def deletion_insertion(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
-                       steps: int = 16, baseline: Baseline = "blur", batch_size: int = 256) -> DeletionInsertion:
+                       steps: int = 16, baseline: Baseline = "blur", batch_size: int = 32) -> DeletionInsertion:
     """Deletion and insertion AUC (RISE) over pixel ranks, all images and steps batched.
+
+    Both curves start or end at the same two images: the original (nothing deleted, everything inserted)
+    and the canvas (everything deleted, nothing inserted), so each image forwards those two once and only
+    the ``steps - 1`` inner steps per curve, 2 * steps forwards instead of 2 * (steps + 1).
 
     Args:
         model: classifier returning logits.
@@ -101,7 +105,8 @@ def deletion_insertion(model: torch.nn.Module, images: Tensor, maps: Tensor, tar
         targets: (B,) class whose softmax probability is tracked.
         steps: number of equal pixel-count steps from 0 to all pixels.
         baseline: ``blur`` or ``zero`` canvas.
-        batch_size: forward chunk size.
+        batch_size: forward chunk size. 32 because per-image forward cost grows with the chunk on CPU
+            (ferlens_tiny_vit_s3, one AVX2 thread: 300 img/s at 16-32, 260 at 128, 210 at 256).
     """
     _check_maps(maps, images)
     if steps < 1:
@@ -109,16 +114,23 @@ def deletion_insertion(model: torch.nn.Module, images: Tensor, maps: Tensor, tar
     b, _, h, w = images.shape
     ranks = pixel_ranks(maps)[:, None]                                   # (B, 1, H, W)
     base = baseline_images(images, baseline)
-    counts = [round(s * h * w / steps) for s in range(steps + 1)]
-    masks = torch.stack([(ranks < c).to(images.dtype) for c in counts], 1)  # (B, S+1, 1, H, W)
+    counts = [round(s * h * w / steps) for s in range(1, steps)]          # inner steps only
     img, bas = images[:, None], base[:, None]
-    deleted = img * (1 - masks) + bas * masks                             # (B, S+1, 3, H, W)
-    inserted = bas * (1 - masks) + img * masks
-    both = torch.cat([deleted, inserted], 1).flatten(0, 1)                # (B*2(S+1), 3, H, W)
-    tgt = targets.repeat_interleave(2 * (steps + 1))
+    if counts:
+        masks = torch.stack([(ranks < c).to(images.dtype) for c in counts], 1)  # (B, S-1, 1, H, W)
+        deleted = img * (1 - masks) + bas * masks                         # (B, S-1, 3, H, W)
+        inserted = bas * (1 - masks) + img * masks
+        frames = [img, bas, deleted, inserted]
+    else:
+        frames = [img, bas]
+    both = torch.cat(frames, 1).flatten(0, 1)                             # (B*2S, 3, H, W)
+    tgt = targets.repeat_interleave(2 * steps)
     with torch.no_grad():
         probs = torch.cat([F.softmax(model(x), -1) for x in both.split(batch_size)])
-    deletion, insertion = probs.gather(1, tgt[:, None]).view(b, 2, steps + 1).unbind(1)  # each (B, S+1)
+    p = probs.gather(1, tgt[:, None]).view(b, 2 * steps)
+    p_img, p_bas, p_del, p_ins = p[:, :1], p[:, 1:2], p[:, 2:steps + 1], p[:, steps + 1:]
+    deletion = torch.cat([p_img, p_del, p_bas], 1)                        # (B, S+1)
+    insertion = torch.cat([p_bas, p_ins, p_img], 1)
     dx = 1.0 / steps
     return DeletionInsertion(
         deletion_auc=torch.trapezoid(deletion, dx=dx, dim=-1),

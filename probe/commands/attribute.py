@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-steps", dest="n_steps", type=int, default=None,
                         help="integrated-gradients steps (default: 32)")
     parser.add_argument("--internal-batch-size", dest="internal_batch_size", type=int, default=None,
-                        help="captum's internal batch size, bounds memory (default: all at once)")
+                        help="captum's internal batch size, bounds memory (default: 64 for ig, all at once "
+                             "otherwise)")
     parser.add_argument("--nt-samples", dest="nt_samples", type=int, default=None,
                         help="wrap the methods in a captum NoiseTunnel with this many noisy samples")
 

@@ -51,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
         defining, _ = part_ids_for(label_names, batch.labels)
         cells = intervene.part_cells(batch.part_masks, defining, token_grid(model, batch.images))
     layers = args.layers.split(",") if args.layers else None
+    clean: list = []
     rows = intervene.run_interventions(model, batch.images, batch.labels, modes=modes, layers=layers,
                                        cells=cells, batch_size=args.batch_size, seed=args.seed,
-                                       reference=reference.images)
+                                       reference=reference.images, clean_logits=clean)
     if not args.no_counterfactual and hasattr(batch.dataset, "render_arrays"):
         kept, cf = intervene.synthfer_counterfactuals(batch.dataset, batch.indices, make_eval_transform(config))
         pos = [batch.indices.index(i) for i in kept]
-        rows += intervene.counterfactual_rows(model, batch.images[pos], cf, batch.labels[pos], args.batch_size)
+        rows += intervene.counterfactual_rows(model, batch.images[pos], cf, batch.labels[pos], args.batch_size,
+                                              clean=clean[0][pos])
 
     out = Path(config["run_dir"]) / "explain"
     atomic_write_json(out / "interventions.json", {"run": Path(config["run_dir"]).name,

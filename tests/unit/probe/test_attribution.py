@@ -101,6 +101,15 @@ def test_integrated_gradients_completeness():
     assert abs(float(gap)) > 1e-3                                   # the check is not vacuous
 
 
+def test_integrated_gradients_default_chunking_does_not_change_the_attributions(vit):
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([0, 1, 2, 3])
+    assert attribution.IntegratedGradients(vit).captum_kwargs(x)["internal_batch_size"] == 64
+    chunked = attribution.IntegratedGradients(vit).attribute_pixels(x, target, vit)       # 4 x 32 steps in 2 passes
+    whole = attribution.IntegratedGradients(vit, internal_batch_size=128).attribute_pixels(x, target, vit)
+    assert torch.allclose(chunked, whole, atol=1e-6, rtol=1e-5)
+
+
 def test_randomised_model_changes_the_maps():
     from probe.metrics import cascading_randomisation
 

@@ -42,6 +42,40 @@ def test_perfect_map_beats_random_map_on_deletion_and_insertion():
     assert blur.deletion_curve.shape == (2, 5)
 
 
+def _reference_curves(model, images, maps, targets, steps, baseline):
+    """Deletion and insertion curves forwarding every step of every image on its own (the plain definition)."""
+    b, _, h, w = images.shape
+    ranks = metrics.pixel_ranks(maps)
+    base = metrics.baseline_images(images, baseline)
+    dele, ins = torch.zeros(b, steps + 1), torch.zeros(b, steps + 1)
+    with torch.no_grad():
+        for i in range(b):
+            for s in range(steps + 1):
+                m = (ranks[i] < round(s * h * w / steps)).to(images.dtype)
+                d = images[i] * (1 - m) + base[i] * m
+                n = base[i] * (1 - m) + images[i] * m
+                dele[i, s] = torch.softmax(model(d[None]), -1)[0, targets[i]]
+                ins[i, s] = torch.softmax(model(n[None]), -1)[0, targets[i]]
+    return dele, ins
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 16])
+def test_batched_curves_with_shared_endpoints_equal_per_image_curves(steps):
+    models = pytest.importorskip("train.models")
+    torch.manual_seed(0)
+    model = models.create_model("ferlens_tiny_vit_s3", num_classes=7, img_size=32, depth=2, embed_dim=32,
+                                num_heads=2).eval()
+    images = torch.randn(5, 3, 32, 32)
+    maps = torch.rand(5, 32, 32)
+    targets = torch.tensor([0, 3, 6, 1, 2])
+    got = metrics.deletion_insertion(model, images, maps, targets, steps=steps, baseline="blur", batch_size=7)
+    dele, ins = _reference_curves(model, images, maps, targets, steps, "blur")
+    assert got.deletion_curve.shape == (5, steps + 1)
+    assert torch.allclose(got.deletion_curve, dele, atol=1e-6) and torch.allclose(got.insertion_curve, ins, atol=1e-6)
+    assert torch.allclose(got.deletion_auc, torch.trapezoid(dele, dx=1 / steps, dim=-1), atol=1e-6)
+    assert torch.allclose(got.insertion_auc, torch.trapezoid(ins, dx=1 / steps, dim=-1), atol=1e-6)
+
+
 def test_pixel_ranks_order_by_decreasing_attribution():
     maps = torch.tensor([[[0.1, 0.9], [0.5, 0.3]]])
     assert metrics.pixel_ranks(maps).tolist() == [[[3, 0], [1, 2]]]

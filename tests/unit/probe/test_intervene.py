@@ -183,3 +183,37 @@ def test_a_model_that_already_predicts_one_class_is_not_flagged_as_collapsed():
     assert row["majority_share"] == 1.0 and not row["collapsed"]
     varied = torch.eye(7)[torch.arange(8) % 7]
     assert intervene.score_row(logits, torch.arange(8) % 7, varied)["collapsed"]
+
+
+@pytest.mark.parametrize("block", ["vit", "cataftermlp", "clsonly"])
+def test_patched_runs_resumed_from_the_clean_stream_equal_full_forwards(block):
+    torch.manual_seed(0)
+    model = _tiny(block)
+    x, ref = torch.randn(6, 3, 32, 32), torch.randn(5, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    n_cells = model.grid_size[0] * model.grid_size[1]
+    cells = torch.rand(6, n_cells, generator=torch.Generator().manual_seed(1)) < 0.3
+    layers = intervene.stream_layers(model)
+    stats = intervene.stream_stats(model, x, layers, batch_size=4, keep_stream=True)
+    for layer in layers:                                  # the rest of the forward from the clean stream
+        rest = intervene.resume_from(model, layer)
+        assert rest is not None
+        assert torch.allclose(torch.cat([rest(s) for s in stats.stream[layer].split(4)]), stats.logits, atol=1e-6)
+    kw = dict(modes=intervene.MODES, cells=cells, batch_size=4, reference=ref, n_boot=200)
+    fast, slow = intervene.run_interventions(model, x, labels, **kw), \
+        intervene.run_interventions(model, x, labels, resume=False, **kw)
+    assert [(r["layer"], r["mode"]) for r in fast] == [(r["layer"], r["mode"]) for r in slow] and len(fast) > 10
+    for a, b in zip(fast, slow):
+        for k in ("accuracy", "mean_logit_change", "logit_lo", "logit_hi", "delta_lo", "delta_hi", "majority_share"):
+            assert a[k] == pytest.approx(b[k], abs=1e-6), (a["layer"], a["mode"], k)
+
+
+def test_models_with_another_forward_are_not_resumed():
+    class Wrapped(type(_tiny("vit"))):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = _tiny("vit")
+    model.__class__ = Wrapped
+    assert intervene.resume_from(model, "blocks.0") is None
+    assert intervene.resume_from(_tiny("vit"), "blocks.9") is None
