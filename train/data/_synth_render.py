@@ -203,6 +203,10 @@ class _Stack:
         self.cs, self.ss = _s(self.c * inv), _s(self.sn * inv)  # as _Canvas: (cos / scale), (sin / scale)
         self.tx32, self.ty32 = _s(self.tx), _s(self.ty)
         self.k = _s(self.size * self.s / 2.0)  # pixels per face unit
+        gx, gy = _grid(self.size)
+        dx, dy = gx - self.tx32, gy - self.ty32  # (B, 1, W), (B, H, 1)
+        self.U = self.cs * dx + self.ss * dy  # (B, H, W) face u
+        self.V = self.cs * dy - self.ss * dx  # (B, H, W) face v
 
     def window(self, u, v, ru, rv) -> "_Win | None":
         """Pixel window covering each face-space box centred (u, v) with half-sizes (ru, rv) ((B,) or scalars).
@@ -377,20 +381,14 @@ class _Canvas:
     (3, H, W) because blending a (h, w) alpha into (h, w, 3) makes numpy loop over length-3 rows.
     """
 
-    def __init__(self, size: int, f: Mapping[str, Any], img: np.ndarray, mask: np.ndarray | None):
-        self.size = size
-        self.img = img  # (3, H, W) in [0, 1], a face of a ``_Stack``
-        self.mask = mask  # (H, W) part index or None
-        self.s = float(f["scale"])
-        self.tx, self.ty = float(f["tx"]), float(f["ty"])
-        r = math.radians(float(f["roll"]))
-        self.c, self.sn = math.cos(r), math.sin(r)
-        gx, gy = _grid(size)
-        dx, dy = gx - self.tx, gy - self.ty  # (1, W), (H, 1)
-        inv = 1.0 / self.s
-        self.U = (self.c * inv) * dx + (self.sn * inv) * dy  # (H, W) face u
-        self.V = (self.c * inv) * dy - (self.sn * inv) * dx  # (H, W) face v
-        self.k = size * self.s / 2.0  # pixels per face unit
+    def __init__(self, st: "_Stack", i: int):
+        self.size = st.size
+        self.img = st.img[i]  # (3, H, W) in [0, 1]
+        self.mask = None if st.mask is None else st.mask[i]  # (H, W) part index or None
+        self.s, self.tx, self.ty = float(st.s[i]), float(st.tx[i]), float(st.ty[i])
+        self.c, self.sn = float(st.c[i]), float(st.sn[i])
+        self.U, self.V = st.U[i], st.V[i]  # (H, W) face coordinates
+        self.k = self.size * self.s / 2.0  # pixels per face unit
 
     def window(self, u: float, v: float, ru: float, rv: float, disc: bool = False) -> tuple[slice, slice]:
         """Pixel window covering the face-space box centred (u, v) with half-sizes (ru, rv), plus a pixel.
@@ -834,6 +832,40 @@ def _mouth(cv: _Stack, b: _Batch) -> None:
         cv.paint(win, a, _DARK_C)
 
 
+# fringe line v(x) per hair style: (x^2, x, |x|, sin(30 x), constant) coefficients
+_FRINGE = np.array([[0.25, 0.0, 0.0, 0.0, -0.80],   # crop
+                    [0.0, 0.14, 0.0, 0.0, -0.62],   # side
+                    [0.0, 0.0, 0.02, 0.0, -0.56],   # bangs
+                    [0.0, 0.0, 0.25, 0.0, -0.70],   # peak
+                    [0.0, 0.0, 0.0, 0.03, -0.64],   # curly
+                    [0.18, 0.0, 0.0, 0.0, -0.66]])  # long
+
+
+def _fringe_batch(cv: _Stack, b: _Batch) -> None:
+    """The hair's fringe over the forehead, one line per hair style, cut to the face ellipse."""
+    tr, yaw_s = b.tr, b.yaw_s
+    a, bb = tr["face_w"] * (1 - 0.06 * np.abs(yaw_s)), tr["face_h"]  # the face ellipse, as _face
+    cu = 0.07 * yaw_s
+    coef = _FRINGE[b.tr["hair_style"]]  # (B, 5)
+    win = cv.window(cu, -0.72, a, 0.32)
+    if win is None:
+        return
+    U, V = cv.uv(win)
+    x = U - _s(cu)
+    line = (_s(coef[:, 0]) * x) * x
+    if coef[:, 1].any():
+        line += _s(coef[:, 1]) * x
+    if coef[:, 2].any():
+        line += np.abs(x) * _s(coef[:, 2])
+    if coef[:, 3].any():
+        line += np.sin(x * 30.0) * _s(coef[:, 3])
+    line += _s(coef[:, 4])
+    line -= V
+    d_face = _ellipse_batch(U, V, cu, 0.0, a * 1.01, bb * 1.01)
+    np.minimum(line, d_face, out=line)
+    cv.paint(win, cv.cov(line), b.tr["hair_c"], PART_INDEX["hair"])
+
+
 def _finish(cv: _Stack, fs) -> np.ndarray:
     """Lighting gradient, brightness, sensor noise; returns uint8 (B, H, W, 3)."""
     light = np.array([_ILLUM_DIR[f["illumination"]] for f in fs])  # (B, 2)
@@ -931,7 +963,7 @@ def render_batch(factors: Sequence[Mapping[str, Any]], with_mask: bool = True) -
     st = _Stack(size, fs, with_mask)
     faces = []
     for i, f in enumerate(fs):  # large windows, face by face: background, hair behind, face
-        cv = _Canvas(size, f, st.img[i], None if st.mask is None else st.mask[i])
+        cv = _Canvas(st, i)
         tr = _colours(int(f["identity"]), int(f["world_seed"]))
         yaw_s = math.sin(math.radians(float(f["yaw"])))
         _background(cv, f)
@@ -942,8 +974,8 @@ def render_batch(factors: Sequence[Mapping[str, Any]], with_mask: bool = True) -
     _mouth(st, b)
     _eyes(st, b)
     _brows(st, b)
-    for (cv, tr, yaw_s, geom), f in zip(faces, fs):  # then fringe and occluder on top, face by face
-        _fringe(cv, tr, geom)
+    _fringe_batch(st, b)
+    for (cv, tr, yaw_s, geom), f in zip(faces, fs):  # then the occluder on top, face by face
         _occluder(cv, f, tr, yaw_s)
     return _finish(st, fs), st.mask
 

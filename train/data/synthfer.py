@@ -20,7 +20,7 @@ from PIL import Image
 from ..errors import FerlensError, close_matches
 from ..labels import canonical
 from ._synth_render import (BACKGROUNDS, CLASS_PARTS, EXPRESSIONS, ILLUMINATIONS, OCCLUDERS, PARAM_NAMES,
-                            PART_INDEX, PART_NAMES, identity_traits, render)
+                            PART_INDEX, PART_NAMES, identity_traits, render, render_batch)
 from .base import SPLITS, FERDataset
 
 SIZE_RANGE = (32, 224)
@@ -32,6 +32,7 @@ SAMPLES_PER_IDENTITY = 40
 MAX_IDENTITIES = 300
 OCCLUDER_P = (0.4, 0.2, 0.2, 0.2)  # none, glasses, hand, patch
 CACHE_BYTES = 256 * 2**20  # ~16,000 faces at 64 px: a whole demo training split stays rendered across epochs
+RENDER_BLOCK = 32  # a cache miss renders the uncached rest of its block of 32 indices in one render_batch
 
 ATTR_KINDS = {"identity": "categorical", "background": "categorical", "occluder": "categorical",
               "illumination": "categorical", "yaw_bin": "categorical", "roll_bin": "categorical",
@@ -194,7 +195,12 @@ class SynthFER(FERDataset):
         }
 
     def render_arrays(self, index: int, with_mask: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image (H, W, 3) uint8 and part mask (H, W) uint8 (None without ``with_mask``), LRU-cached."""
+        """Image (H, W, 3) uint8 and part mask (H, W) uint8 (None without ``with_mask``), LRU-cached.
+
+        A miss draws the sample together with the uncached rest of its block of ``RENDER_BLOCK``
+        indices (``render_batch``: each face exactly as ``render`` draws it alone, ~1.5x cheaper per face),
+        so a pass over the split in any order renders every face once, in blocks.
+        """
         index = int(index)
         if not 0 <= index < len(self):
             raise FerlensError(f"Sample index {index} is out of range for a split of {len(self)} samples.")
@@ -202,12 +208,17 @@ class SynthFER(FERDataset):
         if hit is not None and (hit[1] is not None or not with_mask):
             self._cache.move_to_end(index)
             return hit
-        out = render(self.factors(index), with_mask=with_mask)
-        self._cache[index] = out
-        self._cache.move_to_end(index)
-        if len(self._cache) > self._cache_max:
+        start = index - index % RENDER_BLOCK
+        todo = [i for i in range(start, min(start + RENDER_BLOCK, len(self)))
+                if i != index and (self._cache.get(i) is None or (with_mask and self._cache[i][1] is None))]
+        todo = todo[: max(0, self._cache_max - 1)] + [index]  # the asked-for face last: most recently used
+        images, masks = render_batch([self.factors(i) for i in todo], with_mask=with_mask)
+        for j, i in enumerate(todo):
+            self._cache[i] = (images[j].copy(), None if masks is None else masks[j].copy())
+            self._cache.move_to_end(i)
+        while len(self._cache) > self._cache_max:
             self._cache.popitem(last=False)
-        return out
+        return self._cache[index]
 
     def image_array(self, index: int) -> np.ndarray:
         """(H, W, 3) uint8 image of sample ``index`` (the mask is not drawn: faster)."""
@@ -270,4 +281,4 @@ from ._synth_export import RAFDB_LABELS, contact_sheet, export  # noqa: E402
 
 
 __all__ = ["CLASS_PARTS", "EXPRESSIONS", "PART_INDEX", "PART_NAMES", "RAFDB_LABELS", "SynthFER", "contact_sheet", "export",
-           "load", "render", "sample_factors", "split_indices", "with_changes"]
+           "load", "render", "render_batch", "sample_factors", "split_indices", "with_changes"]
