@@ -32,8 +32,8 @@ def cpu_label() -> dict:
             model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
     except OSError:
         pass
-    level = "AVX-512" if "X86_V4" in found or "AVX512_SKX" in found else "AVX2" if "X86_V3" in found or "AVX2" in found \
-        else "baseline"
+    avx512, avx2 = {"X86_V4", "AVX512_SKX"} & set(found), {"X86_V3", "AVX2"} & set(found)
+    level = "AVX-512" if avx512 else "AVX2" if avx2 else "baseline"
     return {"cpu": model, "numpy_simd": level, "numpy_simd_found": found}
 
 

@@ -87,6 +87,40 @@ def test_render_is_a_pure_function_of_factors(ds64):
     assert mask1.max() < len(S.PART_NAMES)
 
 
+def test_render_batch_draws_each_face_as_if_alone(ds64):
+    """The stacked renderer: a face's pixels and mask do not depend on its batch-mates or its place."""
+    fs = [ds64.factors(i) for i in range(12)]
+    fs[7] = S.with_changes(fs[7], tx=5.0)  # a face wholly off the image
+    fs[8] = S.with_changes(fs[8], tx=-0.9, ty=0.95, scale=1.5)  # one cut by the border
+    imgs, masks = S.render_batch(fs)
+    assert imgs.shape == (12, 64, 64, 3) and imgs.dtype == np.uint8
+    assert masks.shape == (12, 64, 64) and masks.dtype == np.uint8 and masks.max() < len(S.PART_NAMES)
+    for i, f in enumerate(fs):
+        img, mask = S.render(f)
+        assert np.array_equal(img, imgs[i]) and np.array_equal(mask, masks[i]), i
+    order = [5, 0, 11, 8, 3]  # other company, other order
+    imgs2, masks2 = S.render_batch([fs[i] for i in order])
+    assert all(np.array_equal(imgs2[k], imgs[i]) and np.array_equal(masks2[k], masks[i]) for k, i in enumerate(order))
+    assert np.array_equal(S.render_batch(fs, with_mask=False)[0], imgs)
+    assert set(np.unique(masks[7])) == {S.PART_INDEX["background"]}
+    assert {S.PART_INDEX[p] for p in ("face", "eye_l", "eye_r", "mouth")} <= set(np.unique(masks[0]))
+
+
+def test_block_rendering_serves_the_same_faces():
+    ds = S.SynthFER("train", size=32, n=300, seed=4)
+    order = np.random.default_rng(0).permutation(len(ds))[:40]
+    for i in order:  # a miss renders the uncached rest of its block; later reads hit the cache
+        assert np.array_equal(ds.image_array(int(i)), S.render(ds.factors(int(i)), with_mask=False)[0])
+    assert len(ds._cache) > len(order)
+    i = int(order[0])
+    assert np.array_equal(ds.part_mask(i), S.render(ds.factors(i))[1])  # masks drawn on demand, cached too
+    assert ds.render_arrays(i)[1] is not None and np.array_equal(ds.image_array(i), S.render(ds.factors(i))[0])
+    with pytest.raises(FerlensError, match="each size in its own batch"):
+        S.render_batch([ds.factors(0), S.SynthFER("train", size=48, n=300, seed=4).factors(0)])
+    with pytest.raises(FerlensError, match="no factor dicts"):
+        S.render_batch([])
+
+
 def test_part_masks_contain_class_parts(ds64):
     assert S.PART_NAMES[0] == "background" and len(S.PART_NAMES) == 10
     assert set(S.CLASS_PARTS) == set(CANONICAL7) and S.EXPRESSIONS == CANONICAL7
