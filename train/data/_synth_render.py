@@ -168,6 +168,12 @@ def _texture_bank(size: int) -> np.ndarray:
     return tex.astype(np.float32)
 
 
+@lru_cache(maxsize=16)
+def _texture_shade(size: int) -> np.ndarray:
+    """The 'texture' background's brightness layout (4, 2H, 2W): 1 - 0.45 * texture (soft dark blobs)."""
+    return 1.0 - 0.45 * _texture_bank(size)
+
+
 # ----------------------------------------------------------------------------- canvas
 _uclip = (np._core if hasattr(np, "_core") else np.core).umath.clip  # the ufunc, without np.clip's wrapper
 _F32 = np.float32
@@ -202,10 +208,8 @@ class _Stack:
         self.n, self.size = n, size
         self.img = np.empty((n, 3, size, size), _F32)  # (B, 3, H, W) in [0, 1]
         self.mask = np.zeros((n, size, size), np.uint8) if want_mask else None  # (B, H, W) part index
-        self.s = np.array([float(f["scale"]) for f in fs])
-        self.tx = np.array([float(f["tx"]) for f in fs])
-        self.ty = np.array([float(f["ty"]) for f in fs])
-        roll = [math.radians(float(f["roll"])) for f in fs]
+        self.s, self.tx, self.ty, roll = np.array([(f["scale"], f["tx"], f["ty"], f["roll"]) for f in fs], float).T
+        roll = [math.radians(r) for r in roll.tolist()]
         self.c, self.sn = np.array([math.cos(r) for r in roll]), np.array([math.sin(r) for r in roll])
         inv = 1.0 / self.s
         self.cs, self.ss = _s(self.c * inv), _s(self.sn * inv)  # as _Canvas: (cos / scale), (sin / scale)
@@ -361,8 +365,8 @@ class _Batch:
         self.tr["skin"] = cols[:, _TRAIT_COLOURS.index("skin_c")]
         self.tr["hair_style"] = np.array([r[2] for r in rows])
         expr = np.array([_EXPR_INDEX[f["expression"]] for f in fs])
-        inten = np.array([float(f["intensity"]) for f in fs])[:, None]
-        jit = np.array([[float(j) for j in f["jitter"]] for f in fs])
+        inten = np.array([f["intensity"] for f in fs], float)[:, None]
+        jit = np.array([f["jitter"] for f in fs], float)
         # neutral + intensity * (class - neutral) + jitter, as expression_params
         pm = _PARAM_BASE + inten * (_PARAM_TABLE[expr] - _PARAM_BASE) + jit * _PARAM_SD
         self.p = {name: pm[:, j] for j, name in enumerate(PARAM_NAMES)}
@@ -472,7 +476,7 @@ def _background(cv: _Canvas, f) -> None:
     else:  # texture: soft dark blobs
         s = cv.size
         o = int(f["noise_seed"]) % s
-        t = 1.0 - 0.45 * _texture_bank(s)[int(f["noise_seed"]) % 4, o:o + s, o:o + s]
+        t = _texture_shade(s)[int(f["noise_seed"]) % 4, o:o + s, o:o + s]
     np.multiply(t, _col(f["bg_c2"]) - c1, out=cv.img)
     cv.img += c1
 
