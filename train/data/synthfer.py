@@ -12,7 +12,7 @@ Public API: ``load``, ``render``, ``PART_NAMES``, ``CLASS_PARTS``, ``SynthFER`` 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -32,7 +32,7 @@ SAMPLES_PER_IDENTITY = 40
 MAX_IDENTITIES = 300
 OCCLUDER_P = (0.4, 0.2, 0.2, 0.2)  # none, glasses, hand, patch
 CACHE_BYTES = 256 * 2**20  # ~16,000 faces at 64 px: a whole demo training split stays rendered across epochs
-RENDER_BLOCK = 32  # a cache miss renders the uncached rest of its block of 32 indices in one render_batch
+RENDER_BLOCK = 32  # faces per render_batch call: a miss draws the uncached rest of its block of 32 indices
 
 ATTR_KINDS = {"identity": "categorical", "background": "categorical", "occluder": "categorical",
               "illumination": "categorical", "yaw_bin": "categorical", "roll_bin": "categorical",
@@ -198,8 +198,8 @@ class SynthFER(FERDataset):
         """Image (H, W, 3) uint8 and part mask (H, W) uint8 (None without ``with_mask``), LRU-cached.
 
         A miss draws the sample together with the uncached rest of its block of ``RENDER_BLOCK``
-        indices (``render_batch``: each face exactly as ``render`` draws it alone, ~1.5x cheaper per face),
-        so a pass over the split in any order renders every face once, in blocks.
+        indices (``render_batch`` draws each face exactly as ``render`` does, ~1.5x cheaper per face),
+        so a pass over the split in any order draws every face once, in blocks.
         """
         index = int(index)
         if not 0 <= index < len(self):
@@ -209,16 +209,37 @@ class SynthFER(FERDataset):
             self._cache.move_to_end(index)
             return hit
         start = index - index % RENDER_BLOCK
-        todo = [i for i in range(start, min(start + RENDER_BLOCK, len(self)))
-                if i != index and (self._cache.get(i) is None or (with_mask and self._cache[i][1] is None))]
-        todo = todo[: max(0, self._cache_max - 1)] + [index]  # the asked-for face last: most recently used
-        images, masks = render_batch([self.factors(i) for i in todo], with_mask=with_mask)
-        for j, i in enumerate(todo):
-            self._cache[i] = (images[j].copy(), None if masks is None else masks[j].copy())
-            self._cache.move_to_end(i)
+        block = [i for i in range(start, min(start + RENDER_BLOCK, len(self))) if i != index]
+        self._draw(self._missing(block, with_mask)[: max(0, self._cache_max - 1)] + [index], with_mask)
+        return self._cache[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """A data loader's batch (torch calls this when defined): its uncached faces are drawn together.
+
+        Each loader worker so draws exactly the faces of its own batches, in ``render_batch`` calls.
+        """
+        self._draw(self._missing(sorted({int(i) for i in indices}), False), False)
+        return [self[int(i)] for i in indices]
+
+    def _missing(self, indices: Sequence[int], with_mask: bool) -> list[int]:
+        """The indices (in range) whose image, or with ``with_mask`` whose mask, is not cached."""
+        out = []
+        for i in indices:
+            hit = self._cache.get(i)
+            if 0 <= i < len(self) and (hit is None or (with_mask and hit[1] is None)):
+                out.append(i)
+        return out
+
+    def _draw(self, indices: list[int], with_mask: bool) -> None:
+        """Render ``indices`` in ``render_batch`` calls of ``RENDER_BLOCK`` and cache them (the last most recent)."""
+        for j in range(0, len(indices), RENDER_BLOCK):
+            part = indices[j:j + RENDER_BLOCK]
+            images, masks = render_batch([self.factors(i) for i in part], with_mask=with_mask)
+            for k, i in enumerate(part):
+                self._cache[i] = (images[k].copy(), None if masks is None else masks[k].copy())
+                self._cache.move_to_end(i)
         while len(self._cache) > self._cache_max:
             self._cache.popitem(last=False)
-        return self._cache[index]
 
     def image_array(self, index: int) -> np.ndarray:
         """(H, W, 3) uint8 image of sample ``index`` (the mask is not drawn: faster)."""

@@ -121,6 +121,25 @@ def test_block_rendering_serves_the_same_faces():
         S.render_batch([])
 
 
+def test_loader_batches_are_drawn_together(monkeypatch):
+    from torch.utils.data import DataLoader
+
+    from train.data import collate
+
+    ds = S.SynthFER("train", size=32, n=300, seed=5)
+    calls = []
+    real = S.render_batch
+    monkeypatch.setattr(S, "render_batch", lambda fs, with_mask=True: calls.append(len(fs)) or real(fs, with_mask))
+    order = np.random.default_rng(1).permutation(len(ds))[:40].tolist()
+    images, labels, _, ids = next(iter(DataLoader(ds, batch_size=40, sampler=order, collate_fn=collate)))
+    assert calls == [32, 8] and ids == [ds.sample_ids[i] for i in order]  # one call per 32 uncached faces
+    assert labels.tolist() == ds.labels[order].tolist()
+    assert all(np.array_equal(np.asarray(images[k]), S.render(ds.factors(i), with_mask=False)[0])
+               for k, i in enumerate(order[:5]))  # no transform: PIL images, the faces render draws
+    ds[order[0]]
+    assert calls == [32, 8]  # cached
+
+
 def test_part_masks_contain_class_parts(ds64):
     assert S.PART_NAMES[0] == "background" and len(S.PART_NAMES) == 10
     assert set(S.CLASS_PARTS) == set(CANONICAL7) and S.EXPRESSIONS == CANONICAL7
