@@ -806,31 +806,35 @@ def _mouth(cv: _Stack, b: _Batch) -> None:
     end *= _s(w)
     np.minimum(up_edge, end, out=up_edge)
     cv.paint(win, cv.cov(up_edge), tr["lip_c"], PART_INDEX["mouth"])
+    # open mouths: the dark opening with teeth; closed ones: the dark line between the lips. A face has
+    # one of the two, so both go into one paint (each alpha is zero on the faces of the other)
     is_open = op > 0.01
-    if is_open.any():  # open mouth with teeth
-        d_in = np.minimum(dy + ho, ho - dy)
-        np.minimum(d_in, end - _s(0.04 * w), out=d_in)
-        a_in = cv.cov(d_in)
-        if not is_open.all():
-            a_in *= _s(is_open)
-        teeth = np.minimum(1.0, np.maximum(0.0, p["teeth"]))
-        if (is_open & (teeth > 0.05)).any():
+    teeth = np.where(is_open & (p["teeth"] > 0.05), np.minimum(1.0, p["teeth"]), 0.0)
+    colour = _DARK_C
+    if is_open.any():
+        a_in = np.minimum(dy + ho, ho - dy)
+        np.minimum(a_in, end - _s(0.04 * w), out=a_in)
+        a_in = cv.cov(a_in)
+        if teeth.any():
             tooth = cv.cov((ho * 0.1) - dy)  # upper half of the opening
-            tooth *= _s(np.where(teeth > 0.05, teeth, 0.0))
+            tooth *= _s(teeth)
             colour = tooth[:, None] * (_TEETH_C - _DARK_C)
             colour += _DARK_C
-        else:
-            colour = _DARK_C
-        cv.paint(win, a_in, colour)
-    if not is_open.all():  # the line between closed lips
+    if not is_open.all():
         np.abs(dy, out=dy)
         np.subtract(0.012, dy, out=dy)
         end -= _s(0.05 * w)
         np.minimum(dy, end, out=dy)
-        a = cv.cov(dy)
-        if is_open.any():
-            a *= _s(~is_open)
-        cv.paint(win, a, _DARK_C)
+        a_line = cv.cov(dy)
+    if is_open.all():
+        alpha = a_in
+    elif not is_open.any():
+        alpha = a_line
+    else:
+        alpha = a_in * _s(is_open)
+        a_line *= _s(~is_open)
+        alpha += a_line
+    cv.paint(win, alpha, colour)
 
 
 # fringe line v(x) per hair style: (x^2, x, |x|, sin(30 x), constant) coefficients
