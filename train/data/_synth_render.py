@@ -444,6 +444,19 @@ class _Canvas:
             np.copyto(self.mask[win], part, where=alpha > 0.5)
 
 
+def _fold(x: np.ndarray, period: float) -> np.ndarray:
+    """x mod period in place, as x - period * floor(x / period): ~10x cheaper than np.remainder here.
+
+    Where x / period rounds up to a whole number the result is ~0 instead of ~period; the callers take
+    |x - period / 2|, which is the same at both ends.
+    """
+    y = x * (1.0 / period)
+    np.floor(y, out=y)
+    y *= period
+    x -= y
+    return x
+
+
 def _ellipse_d(U, V, cu, cv, a, b):
     """Signed distance (inside > 0) to an axis-aligned ellipse, first order: (1 - r^2) * min(a, b) / 2."""
     du = U - cu
@@ -474,7 +487,8 @@ def _background(cv: _Canvas, f) -> None:
         t = np.sin((fr * ca) * gx + (fr * sa) * gy) > 0
     elif kind == "checker":
         k = float(f["bg_freq"]) / 3.5
-        t = (np.floor((gx + 1) * k) + np.floor((gy + 1) * k)) % 2
+        # parity of (column cell + row cell), taken on the (1, W) and (H, 1) cells: np.remainder is slow
+        t = (np.floor((gx + 1) * k) % 2) != (np.floor((gy + 1) * k) % 2)
     else:  # texture: soft dark blobs
         s = cv.size
         o = int(f["noise_seed"]) % s
@@ -628,7 +642,7 @@ def _hand(cv: _Canvas, tr, cu: float, cvv: float, side: float, size: float, ang:
     cv.paint(win, a, _col(skin), part)
     gaps = np.abs(du)
     gaps += size * 0.2
-    gaps %= size * 0.4
+    _fold(gaps, size * 0.4)
     gaps -= size * 0.2
     np.abs(gaps, out=gaps)
     np.subtract(0.014, gaps, out=gaps)  # three finger gaps in the upper palm
@@ -758,7 +772,7 @@ def _nose(cv: _Stack, b: _Batch) -> None:
         y += vt
         y -= 0.03
         band = np.minimum(y, 0.17 - y)
-        y %= 0.06
+        _fold(y, 0.06)
         y -= 0.03
         np.abs(y, out=y)
         np.subtract(0.013, y, out=y)
