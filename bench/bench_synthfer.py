@@ -9,10 +9,10 @@ image (~12 us a face), ``with_mask_images_per_s`` reads ``part_mask`` instead, a
 ``single_render_images_per_s`` is ``render(factors)`` one face at a time (counterfactuals, the app). The row names the CPU and the SIMD level numpy dispatched to:
 cap numpy to AVX2 on an AVX-512 machine with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``.
 
-Measured 2026-12-02 on the 2-core Xeon (Sapphire Rapids, AVX-512) with other jobs loading both cores
-(load average 8-10), 64 px, CPU time, this bench before/after ``render_batch`` side by side:
-2,610-2,770 → 3,960-4,030 img/s; numpy capped to AVX2 2,850-3,010 → 3,800-4,120 img/s (with part masks
-→ 3,400-3,640; one face per ``render`` call 1,290-1,460, about half the old speed).
+Measured 2026-12-02 on the 2-core Xeon (Sapphire Rapids, AVX-512), load average 2.5, 64 px, CPU time,
+this bench before/after ``render_batch`` side by side: 2,815-2,862 → 4,288-4,435 img/s; numpy capped to
+AVX2 2,881-3,007 → 4,487-4,489 img/s; with part masks 2,444-2,702 → 3,718-3,980; one face per
+``render`` call 1,270-1,540 (about half the old speed).
 """
 from __future__ import annotations
 

@@ -13,13 +13,14 @@ step for all faces (``_Stack``, ``_Win``: each face in its own window, clipped t
 depends on its batch-mates and ``render(f)`` is ``render_batch([f])``); the layers with large windows
 (background, hair, face, occluders) stay face by face (``_Canvas``), where the fewest pixels are touched
 — stacked, their (B, h, w) temporaries fall out of the core's cache and run slower than one face at a
-time (tried: stacking them is 10-30% slower at any stack size from 2 to 32). Measured on the 2-core Xeon
-(Sapphire Rapids) under load average 6-10, CPU time, 64 px, blocks of 32: an interleaved A/B against
-the one-face-per-call renderer gives 1.57x (e.g. 2,650 → 4,180 img/s), the same with numpy capped to
-AVX2 (``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``); ``python -m bench.bench_synthfer``
-(factors + render through the dataset) 2,610-2,770 → 3,960-4,030 img/s, capped to AVX2 2,850-3,010 →
-3,800-4,120 (the old code ran faster capped). Pixels match the one-face-per-call renderer except rare
-±1 levels (the eyes and brows now run in float32 throughout; 0.25 % of faces have a changed pixel).
+time (tried: stacking them is 10-30% slower at any stack size from 2 to 32). ``np.remainder`` is kept off
+pixels (~10x slower than the other ufuncs; ``_fold``). Measured on the 2-core Xeon (Sapphire Rapids),
+load average 2.5, CPU time, 64 px: ``python -m bench.bench_synthfer`` (factors + render through the
+dataset, blocks of 32) 2,815-2,862 → 4,288-4,435 img/s (1.5x), with numpy capped to AVX2
+(``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``) 2,881-3,007 → 4,487-4,489 (1.5x); one
+face per ``render`` call is ~2x slower than before (1,270-1,540 img/s). Pixels match the
+one-face-per-call renderer except rare ±1 levels (the eyes and brows now run in float32 throughout;
+0.25 % of 2,000 faces have a changed pixel).
 
 Coordinates: image coordinates ``(gx, gy)`` span [-1, 1] (y down). Face coordinates ``(u, v)`` come
 from ``q = R(-roll) (p - t) / scale``: the face ellipse has semi-height ~1, eyes sit near v = -0.1,
