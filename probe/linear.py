@@ -228,12 +228,18 @@ def _inner_splits(y: np.ndarray, inner_cv: int, seed: int, kind: str, groups: np
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Z-score both with the training statistics (zero-variance columns get scale 1, like sklearn)."""
-    train = np.asarray(train, dtype=np.float32)
-    mean = train.mean(0)
-    std = train.std(0)
-    std[std < 1e-12] = 1.0
-    return (train - mean) / std, (np.asarray(test, dtype=np.float32) - mean) / std
+    """Z-score both with the training statistics, computed in float64. A column constant on the training rows
+    (up to float32 rounding: std ≤ 1e-6 of its magnitude, e.g. a CLS token before the first block) becomes
+    exactly zero on both sides, so it carries no signal and no rounding noise into the probe."""
+    train64 = np.asarray(train, dtype=np.float64)
+    mean = train64.mean(0)
+    std = train64.std(0)
+    const = std <= 1e-6 * np.maximum(np.abs(mean), 1.0)
+    std[const] = 1.0
+    scale = (1.0 / std) * ~const  # 0 for constant columns
+    out_train = ((train64 - mean) * scale).astype(np.float32)
+    out_test = ((np.asarray(test, dtype=np.float64) - mean) * scale).astype(np.float32)
+    return out_train, out_test
 
 
 # ----------------------------------------------------------------------------- engines

@@ -122,3 +122,17 @@ def test_sweep_rejects_unknown_names(kwargs, match):
     opts = {"readouts": "cls", "layers": "all", "targets": "expression", **kwargs}
     with pytest.raises(FerlensError, match=match):
         sweep(featureset=toy_set(), cv=3, seeds=1, progress=False, **opts)
+
+
+def test_standardize_zeroes_constant_columns_and_keeps_the_others():
+    from probe.linear import _standardize
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 3)).astype(np.float32)
+    train[:, 1] = np.float32(0.7361)  # exactly constant: a CLS token before the first block
+    train[:, 2] = np.float32(123.4) + rng.normal(size=50).astype(np.float32) * 1e-5  # float32 rounding-level
+    test = rng.normal(size=(7, 3)).astype(np.float32)
+    ztr, zte = _standardize(train, test)
+    assert ztr.dtype == np.float32 and not ztr[:, 1:].any() and not zte[:, 1:].any()
+    assert abs(float(ztr[:, 0].mean())) < 1e-6 and abs(float(ztr[:, 0].std()) - 1) < 1e-5
+    np.testing.assert_allclose(zte[:, 0], (test[:, 0] - train[:, 0].mean()) / train[:, 0].std(), rtol=1e-5)
