@@ -108,6 +108,9 @@ def test_integrated_gradients_default_chunking_does_not_change_the_attributions(
     chunked = attribution.IntegratedGradients(vit).attribute_pixels(x, target, vit)       # 4 x 32 steps in 2 passes
     whole = attribution.IntegratedGradients(vit, internal_batch_size=128).attribute_pixels(x, target, vit)
     assert torch.allclose(chunked, whole, atol=1e-6, rtol=1e-5)
+    import captum.attr                                                   # captum on the plain layout, one pass
+    direct = captum.attr.IntegratedGradients(vit).attribute(x, target=target, baselines=0.0, n_steps=32)
+    assert torch.allclose(chunked, direct, atol=1e-5, rtol=1e-4)
 
 
 def test_randomised_model_changes_the_maps():

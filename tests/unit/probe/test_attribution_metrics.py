@@ -71,9 +71,10 @@ def test_batched_curves_with_shared_endpoints_equal_per_image_curves(steps):
     got = metrics.deletion_insertion(model, images, maps, targets, steps=steps, baseline="blur", batch_size=7)
     dele, ins = _reference_curves(model, images, maps, targets, steps, "blur")
     assert got.deletion_curve.shape == (5, steps + 1)
-    assert torch.allclose(got.deletion_curve, dele, atol=1e-6) and torch.allclose(got.insertion_curve, ins, atol=1e-6)
-    assert torch.allclose(got.deletion_auc, torch.trapezoid(dele, dx=1 / steps, dim=-1), atol=1e-6)
-    assert torch.allclose(got.insertion_auc, torch.trapezoid(ins, dx=1 / steps, dim=-1), atol=1e-6)
+    # batched channels-last forwards vs one image at a time: the same probabilities up to float rounding
+    assert torch.allclose(got.deletion_curve, dele, atol=1e-5) and torch.allclose(got.insertion_curve, ins, atol=1e-5)
+    assert torch.allclose(got.deletion_auc, torch.trapezoid(dele, dx=1 / steps, dim=-1), atol=1e-5)
+    assert torch.allclose(got.insertion_auc, torch.trapezoid(ins, dx=1 / steps, dim=-1), atol=1e-5)
 
 
 def test_pixel_ranks_order_by_decreasing_attribution():
