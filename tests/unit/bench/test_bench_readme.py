@@ -60,3 +60,18 @@ def test_app_row_quotes_the_explain_page_and_the_medians():
     row = next(line for line in table(report).splitlines() if "bench_app" in line)
     assert "3.90 s / 0.80 s / 1.70 s / 0.60 s" in row and "median of 3 runs" in row and "Explain 1.70 s" in row
     assert "≤ 5 s / 1.5 s / 2 s / 2 s" in row
+
+
+def test_probe_row_splits_agreement_at_chance():
+    from bench.bench_probe_sweep import _agreement_split
+    from bench.readme import _probe
+
+    runs = {"demo_vit": {"targets": {"expression": {"acc_diff_points": [0.1, 0.2], "informative": [True, True]},
+                                     "yaw_bin": {"acc_diff_points": [1.5, 0.3], "informative": [False, True]}}}}
+    split = _agreement_split(runs)
+    assert split == {"real_max_acc_diff_informative_points": 0.3, "real_informative_matrices": 3,
+                     "real_max_acc_diff_at_chance_points": 1.5, "real_at_chance_matrices": 1}
+    row = _probe({"full_speedup": 3.4, "full_max_acc_diff_points": 1.0, "real_speedup": 7.35,
+                  "real_source": "demo_vit", **split})
+    assert "**7.35×**" in row[2] and "0.30 pt on the 3 matrices whose probe beats chance" in row[2]
+    assert "1.50 pt on the 1 at chance" in row[2]
