@@ -90,13 +90,33 @@ class DeletionInsertion:
     insertion_curve: Tensor
 
 
+def _probs(model: torch.nn.Module, frames: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+    """(N,) softmax probability of ``targets`` for (N, 3, H, W) frames, forwarded in chunks."""
+    # channels-last chunks: the convolutions and pooling of CNN stems run 1.1-1.2x faster on CPU (demo_vit, one
+    # AVX2 thread: 2.25-2.5 s vs 2.75 s per method on 32 images) and the probabilities move by < 3e-6
+    with torch.no_grad():
+        probs = torch.cat([F.softmax(model(x.contiguous(memory_format=torch.channels_last)), -1)
+                           for x in frames.split(batch_size)])
+    return probs.gather(1, targets[:, None]).squeeze(1)
+
+
+def endpoint_probs(model: torch.nn.Module, images: Tensor, targets: Tensor, baseline: Baseline = "blur",
+                   batch_size: int = 32) -> Tensor:
+    """(B, 2) target probability of each image and of its canvas: where every deletion and insertion curve
+    starts and ends whatever the map, so one batch of maps after another can share them (``deletion_insertion``)."""
+    both = torch.stack([images, baseline_images(images, baseline)], 1).flatten(0, 1)   # (2B, 3, H, W)
+    return _probs(model, both, targets.repeat_interleave(2), batch_size).view(-1, 2)
+
+
 def deletion_insertion(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
-                       steps: int = 16, baseline: Baseline = "blur", batch_size: int = 32) -> DeletionInsertion:
+                       steps: int = 16, baseline: Baseline = "blur", batch_size: int = 32,
+                       endpoints: Tensor | None = None) -> DeletionInsertion:
     """Deletion and insertion AUC (RISE) over pixel ranks, all images and steps batched.
 
     Both curves start or end at the same two images: the original (nothing deleted, everything inserted)
     and the canvas (everything deleted, nothing inserted), so each image forwards those two once and only
-    the ``steps - 1`` inner steps per curve, 2 * steps forwards instead of 2 * (steps + 1).
+    the ``steps - 1`` inner steps per curve, 2 * steps forwards instead of 2 * (steps + 1) — or 2 * (steps - 1)
+    when ``endpoints`` are passed in (the same for every method explaining the same images and targets).
 
     Args:
         model: classifier returning logits.
@@ -107,31 +127,29 @@ def deletion_insertion(model: torch.nn.Module, images: Tensor, maps: Tensor, tar
         baseline: ``blur`` or ``zero`` canvas.
         batch_size: forward chunk size. 32 because per-image forward cost grows with the chunk on CPU
             (ferlens_tiny_vit_s3, one AVX2 thread: 300 img/s at 16-32, 260 at 128, 210 at 256).
+        endpoints: (B, 2) ``endpoint_probs`` of these images, targets and baseline, or None to compute them.
     """
     _check_maps(maps, images)
     if steps < 1:
         raise FerlensError(f"steps must be at least 1, got {steps}.")
     b, _, h, w = images.shape
-    ranks = pixel_ranks(maps)[:, None]                                   # (B, 1, H, W)
-    base = baseline_images(images, baseline)
-    counts = [round(s * h * w / steps) for s in range(1, steps)]          # inner steps only
-    img, bas = images[:, None], base[:, None]
-    if counts:
+    if endpoints is None:
+        endpoints = endpoint_probs(model, images, targets, baseline, batch_size)
+    if tuple(endpoints.shape) != (b, 2):
+        raise FerlensError(f"endpoints must be ({b}, 2) probabilities from endpoint_probs, got {tuple(endpoints.shape)}.")
+    p_img, p_bas = endpoints[:, :1], endpoints[:, 1:]
+    if steps > 1:
+        ranks = pixel_ranks(maps)[:, None]                               # (B, 1, H, W)
+        img, bas = images[:, None], baseline_images(images, baseline)[:, None]
+        counts = [round(s * h * w / steps) for s in range(1, steps)]      # inner steps only
         masks = torch.stack([(ranks < c).to(images.dtype) for c in counts], 1)  # (B, S-1, 1, H, W)
         deleted = img * (1 - masks) + bas * masks                         # (B, S-1, 3, H, W)
         inserted = bas * (1 - masks) + img * masks
-        frames = [img, bas, deleted, inserted]
+        both = torch.cat([deleted, inserted], 1).flatten(0, 1)            # (B*2(S-1), 3, H, W)
+        p = _probs(model, both, targets.repeat_interleave(2 * (steps - 1)), batch_size).view(b, 2 * (steps - 1))
+        p_del, p_ins = p[:, :steps - 1], p[:, steps - 1:]
     else:
-        frames = [img, bas]
-    both = torch.cat(frames, 1).flatten(0, 1)                             # (B*2S, 3, H, W)
-    tgt = targets.repeat_interleave(2 * steps)
-    # channels-last chunks: the convolutions and pooling of CNN stems run 1.1-1.2x faster on CPU (demo_vit, one
-    # AVX2 thread: 2.25-2.5 s vs 2.75 s per method on 32 images) and the probabilities move by < 3e-6
-    with torch.no_grad():
-        probs = torch.cat([F.softmax(model(x.contiguous(memory_format=torch.channels_last)), -1)
-                           for x in both.split(batch_size)])
-    p = probs.gather(1, tgt[:, None]).view(b, 2 * steps)
-    p_img, p_bas, p_del, p_ins = p[:, :1], p[:, 1:2], p[:, 2:steps + 1], p[:, steps + 1:]
+        p_del = p_ins = p_img[:, :0]
     deletion = torch.cat([p_img, p_del, p_bas], 1)                        # (B, S+1)
     insertion = torch.cat([p_bas, p_ins, p_img], 1)
     dx = 1.0 / steps
@@ -463,7 +481,7 @@ def cascading_randomisation(model: torch.nn.Module, images: Tensor,
 def method_metrics(model: torch.nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
                    part_masks: Tensor | None = None, label_names: Sequence[str] | None = None,
                    steps: int = 16, baseline: Baseline = "blur", with_road: bool = False,
-                   grid_size: Sequence[int] | None = None) -> dict[str, float]:
+                   grid_size: Sequence[int] | None = None, endpoints: Tensor | None = None) -> dict[str, float]:
     """The ``explain/attribution_metrics`` numbers of one method on one batch (means over images).
 
     Args:
@@ -476,6 +494,7 @@ def method_metrics(model: torch.nn.Module, images: Tensor, maps: Tensor, targets
         grid_size: (h, w) token grid: adds the grid oracle (``best_cell_part_mass``, ``best_cell_pointing``)
             and where the maps peak (``peak_cell``: the most frequent peak cell as "r,c", ``peak_cell_count``:
             on how many images the map peaks there).
+        endpoints: (B, 2) ``endpoint_probs`` shared by the methods explaining these images (None: computed here).
 
     Returns:
         ``{deletion_auc, insertion_auc, part_mass, nonpart_mass, pointing_game, chance_part_mass,
@@ -483,7 +502,7 @@ def method_metrics(model: torch.nn.Module, images: Tensor, maps: Tensor, targets
         peak_cell_count][, road]}``. Localisation averages over the images whose defining parts are
         visible (``n_localised``); ``chance_part_mass`` is the part mass of a uniform map (the parts' area share).
     """
-    di = deletion_insertion(model, images, maps, targets, steps=steps, baseline=baseline)
+    di = deletion_insertion(model, images, maps, targets, steps=steps, baseline=baseline, endpoints=endpoints)
     row = {"deletion_auc": float(di.deletion_auc.mean()), "insertion_auc": float(di.insertion_auc.mean()),
            "part_mass": float("nan"), "nonpart_mass": float("nan"), "pointing_game": float("nan"),
            "n": int(images.shape[0])}

@@ -91,6 +91,7 @@ def run_explain(args: argparse.Namespace) -> int:
                           for x, t in zip(images.split(args.batch_size), tgts.split(args.batch_size))])
 
     grid = token_grid(model, batch.images)
+    ends = metrics.endpoint_probs(model, batch.images, targets, args.baseline)  # shared by every method's curves
     rows, all_maps = [], {}
     for method in tqdm(methods, desc="methods"):
         maps = explain_all(model, batch.images, targets, method)          # (n, H, W)
@@ -99,7 +100,7 @@ def run_explain(args: argparse.Namespace) -> int:
         row = {"method": name, "layer": args.layer or _default_layer(model, method)}
         row.update(metrics.method_metrics(model, batch.images, maps, targets, batch.part_masks, label_names,
                                           steps=args.steps, baseline=args.baseline, with_road=args.road,
-                                          grid_size=grid))
+                                          grid_size=grid, endpoints=ends))
         if args.sanity:
             cascade = metrics.cascading_randomisation(
                 model, batch.images, lambda mdl, x, t, m=method: explain_all(mdl, x, t, m), targets)

@@ -75,6 +75,14 @@ def test_batched_curves_with_shared_endpoints_equal_per_image_curves(steps):
     assert torch.allclose(got.deletion_curve, dele, atol=1e-5) and torch.allclose(got.insertion_curve, ins, atol=1e-5)
     assert torch.allclose(got.deletion_auc, torch.trapezoid(dele, dx=1 / steps, dim=-1), atol=1e-5)
     assert torch.allclose(got.insertion_auc, torch.trapezoid(ins, dx=1 / steps, dim=-1), atol=1e-5)
+    # endpoints computed once for several methods give the same curves
+    ends = metrics.endpoint_probs(model, images, targets, "blur")
+    shared = metrics.deletion_insertion(model, images, maps, targets, steps=steps, baseline="blur", endpoints=ends)
+    assert torch.equal(shared.deletion_curve[:, [0, -1]], ends) and torch.equal(shared.insertion_curve[:, [-1, 0]], ends)
+    assert torch.allclose(shared.deletion_curve, got.deletion_curve, atol=1e-6)
+    assert torch.allclose(shared.insertion_auc, got.insertion_auc, atol=1e-6)
+    with pytest.raises(FerlensError, match="endpoint_probs"):
+        metrics.deletion_insertion(model, images, maps, targets, steps=steps, endpoints=ends[:3])
 
 
 def test_pixel_ranks_order_by_decreasing_attribution():
