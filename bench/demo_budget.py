@@ -46,6 +46,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _wait_for_record(path: Path, timeout: float = 20.0) -> None:
+    """Wait until the demo has written ``app_ready_seconds`` (serve_app does it right after its own health
+    check answers), so the app is stopped only once the record is complete."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            if "app_ready_seconds" in json.loads(path.read_text()):
+                return
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.2)
+
+
 def measure(repo: Path, workdir: Path, timeout: float = 1800.0) -> dict:
     """Clone ``repo`` into ``workdir``, time ``make demo`` to an answering app, return the record."""
     from train.demo import machine
@@ -75,6 +88,7 @@ def measure(repo: Path, workdir: Path, timeout: float = 1800.0) -> dict:
                     raise FerlensError(f"The app did not answer within {timeout:.0f} s; see {log}.")
                 time.sleep(0.5)
             seconds = time.perf_counter() - start
+            _wait_for_record(clone / "artifacts" / "demo_timings.json")
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -83,7 +97,6 @@ def measure(repo: Path, workdir: Path, timeout: float = 1800.0) -> dict:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
     artifacts = clone / "artifacts"
-    time.sleep(1.0)  # serve_app writes app_ready_seconds right after the health check answers
     timings = json.loads((artifacts / "demo_timings.json").read_text())
     accuracy = {}
     for variant in timings.get("variants", []):
