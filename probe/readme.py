@@ -55,11 +55,17 @@ def find_blocks(text: str) -> dict[str, tuple[int, int]]:
 
 
 def machine_block(facts: dict[str, Any], timings: dict[str, Any] | None) -> str:
-    m = facts.get("machine") or {}
+    m = dict(facts.get("machine") or {})
+    tm = (timings or {}).get("machine") or {}
+    capped = ""
+    if tm.get("isa_caps"):  # the demo ran with the ISA capped (an AVX2-only CPU emulated): say so
+        caps = ", ".join(f"{k}={v}" for k, v in tm["isa_caps"].items())
+        capped = f", run as an {tm.get('isa_label')} CPU ({caps}: {tm.get('isa_reason')})"
+        m["isa"] = None
     parts = [m.get("cpu") or "an unnamed CPU"]
     detail = [f"{m['cores']} cores" if m.get("cores") else None, m.get("isa"),
               f"torch {m['torch']}" if m.get("torch") else None]
-    text = f"Measured on {parts[0]} ({', '.join(d for d in detail if d)}), no GPU"
+    text = f"Measured on {parts[0]} ({', '.join(d for d in detail if d)}), no GPU{capped}"
     if timings:
         text += (f"; the demo pipeline took {timings['total_seconds']:.0f} s with {timings.get('jobs', '?')} "
                  "stages side by side")

@@ -292,6 +292,12 @@ def machine_info() -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        from train.precision import cpu_summary
+
+        summary = cpu_summary()  # what torch actually runs: an ATen/oneDNN cap in the environment lowers the ISA
+        if summary.get("isa_caps"):
+            info["isa"] = f"{summary['isa_label']}: {summary['isa_reason']}"
+            info["isa_caps"] = summary["isa_caps"]
     except (ImportError, AttributeError):
         pass
     return info
