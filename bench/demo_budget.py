@@ -20,21 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 600.0
 MIN_ACCURACY = 0.90
 PORT = 8501
-
-
-def _answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _port_free(port: int) -> bool:
@@ -61,7 +52,7 @@ def _wait_for_record(path: Path, timeout: float = 20.0) -> None:
 
 def measure(repo: Path, workdir: Path, timeout: float = 1800.0) -> dict:
     """Clone ``repo`` into ``workdir``, time ``make demo`` to an answering app, return the record."""
-    from train.demo import machine
+    from train.demo import _health, machine  # the demo's own check of streamlit's health endpoint
     from train.errors import FerlensError
 
     if not _port_free(PORT):
@@ -80,7 +71,7 @@ def measure(repo: Path, workdir: Path, timeout: float = 1800.0) -> dict:
         proc = subprocess.Popen(["make", "demo"], cwd=clone, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            while not _answers(PORT):
+            while not _health(PORT):
                 if proc.poll() is not None:
                     raise FerlensError(f"make demo ended (exit {proc.returncode}) before the app answered; "
                                        f"see {log}.")

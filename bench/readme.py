@@ -153,6 +153,17 @@ def write_block(readme: Path, name: str, body: str) -> bool:
     return new != text
 
 
+def _read_all(names: str, make: str) -> list[dict[str, Any]]:
+    """The JSON records of a comma-separated list of files; a missing one names the command that writes it."""
+    out = []
+    for name in [r for r in names.split(",") if r.strip()]:
+        path = Path(name)
+        if not path.is_file():
+            raise FerlensError(f"{path} does not exist; run `{make}` first.")
+        out.append(json.loads(path.read_text()))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="",
@@ -164,18 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.results.strip() and not args.demo.strip():
             raise FerlensError("Nothing to write; pass --results bench/results.json and/or "
                                "--demo bench/demo-budget-<isa>.json.")
-        tables = []
-        for name in [r for r in args.results.split(",") if r.strip()]:
-            path = Path(name)
-            if not path.is_file():
-                raise FerlensError(f"{path} does not exist; run `make bench` first.")
-            tables.append(table(json.loads(path.read_text())))
-        demos = []
-        for name in [r for r in args.demo.split(",") if r.strip()]:
-            path = Path(name)
-            if not path.is_file():
-                raise FerlensError(f"{path} does not exist; run `python -m bench.demo_budget` first.")
-            demos.append(demo_table(json.loads(path.read_text())))
+        tables = [table(r) for r in _read_all(args.results, "make bench")]
+        demos = [demo_table(r) for r in _read_all(args.demo, "python -m bench.demo_budget")]
         changed = write_block(Path(args.readme), BLOCK, "\n\n".join(tables)) if tables else False
         if demos:
             changed = write_block(Path(args.readme), DEMO_BLOCK, "\n\n".join(demos)) or changed
