@@ -51,15 +51,19 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strength, sklearn convention
 DEFAULT_ALPHAS: tuple[float, ...] = (1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge penalties
 KINDS = ("categorical", "continuous")
-# chosen by bench/bench_probe_sweep.py (`FERLENS_ARTIFACTS=<make demo's artifacts> python -m bench.bench_probe_sweep
-# --converged`; both demo runs, 6 categorical targets × 10 matrices of 797×160, 5-fold identity-grouped CV, inner
-# CV over 4 C, control at the chosen C; CPU time, single-threaded; 2026-12-02): torch is 5.9× sklearn on
-# demo_cataftermlp and on demo_vit natively (AVX-512), 6.3× / 6.6× with AVX2 only (ATEN_CPU_CAPABILITY=avx2
-# ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell); the slowest target, expression, 3.5-4.6×. Accuracy agrees
-# within 0.27 points on every matrix whose probe beats chance by > 10 points; on matrices at chance (yaw bin,
-# occluder, early-layer illumination / background) the inner-CV choice of C is a near-tie and the engines
-# differ by up to 2.7 points, as sklearn itself does between max_iter=100 and 1000 (up to 1.2 points there:
-# at C = 1 its lbfgs stops at 100 iterations before converging).
+# The logistic solvers' stopping rule, the same for both engines: stop when the largest gradient entry is ≤ TOL
+# (sklearn's lbfgs ``gtol``, on its objective) or after MAX_ITER iterations. Not sklearn's tol=1e-4: at C = 1 on
+# features that barely encode a target the objective is flat (its curvature can be as low as 1 / (C n)), so a
+# gradient of 1e-4 still leaves the weights, and up to 1.4 points of test accuracy, undetermined: at 1e-4 the two
+# engines (and sklearn at 100 vs 1000 iterations) disagreed by that much on at-chance matrices of the demo's
+# features. At 3e-5 they agree within 0.15 points there (bench/bench_probe_sweep.py, yaw bin and illumination on
+# both demo runs); 1e-5 agrees exactly but costs the float32 torch engine 5× more iterations. MAX_ITER is a
+# guard, not the stopping rule: at 300 sklearn's lbfgs still stopped short of TOL on the demo's expression
+# features at C = 1 (1.7 points from the optimum, which the torch engine reached).
+TOL = 3e-5
+MAX_ITER = 1000
+# The default linear engine: ≥ 3× sklearn on the demo's real features at the same accuracy, as
+# bench/bench_probe_sweep.py measures on the machine it runs on (bench/results*.json, ``bench_probe_sweep``).
 DEFAULT_ENGINE = "torch"
 PRECOND_EVERY = 5  # passes between refreshes of batched_logreg's diagonal preconditioner
 CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -264,25 +268,25 @@ class ProbeProblem:
     inner: list[tuple[np.ndarray, np.ndarray]]
 
 
-def _sklearn_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int):
+def _sklearn_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int, tol: float):
     """Reference engine: LogisticRegressionCV per feature matrix, then the control at the chosen C."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     preds, cpreds, chosen = [], [], []
-    with warnings.catch_warnings():  # max_iter is sklearn's default; the torch engine stops there silently too
+    with warnings.catch_warnings():  # a problem that reaches max_iter stops there, as the torch engine's does
         warnings.simplefilter("ignore", ConvergenceWarning)
         for xtr, xte in zip(prob.x_train, prob.x_test):
             clf = LogisticRegressionCV(Cs=list(Cs), cv=prob.inner, l1_ratios=(0.0,), scoring="accuracy",
-                                       max_iter=max_iter, use_legacy_attributes=False).fit(xtr, prob.y_train)
+                                       max_iter=max_iter, tol=tol, use_legacy_attributes=False).fit(xtr, prob.y_train)
             preds.append(clf.predict(xte))
-            cpreds.append(_fit_predict(lambda: LogisticRegression(C=float(clf.C_), max_iter=max_iter),
+            cpreds.append(_fit_predict(lambda: LogisticRegression(C=float(clf.C_), max_iter=max_iter, tol=tol),
                                        xtr, prob.c_train, xte))
             chosen.append(float(clf.C_))
     return np.stack(preds), np.stack(cpreds), np.asarray(chosen)
 
 
-def _sklearn_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max_iter: int):
+def _sklearn_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max_iter: int, tol: float):
     """Reference engine: RidgeCV per feature matrix, then the control at the chosen alpha."""
     from sklearn.linear_model import Ridge, RidgeCV
 
@@ -314,7 +318,7 @@ def _mlp(kind: str, seed: int):
 def _mlp_solve(kind: str):
     """MLP probe engine (sklearn): one hidden layer, fixed penalty, fitted on the real and control labels."""
 
-    def solve(prob: ProbeProblem, grid: Sequence[float], seed: int, max_iter: int):
+    def solve(prob: ProbeProblem, grid: Sequence[float], seed: int, max_iter: int, tol: float):
         from sklearn.exceptions import ConvergenceWarning
 
         preds, cpreds = [], []
@@ -438,7 +442,7 @@ def batched_logreg(d: Designs, Y, lam, n_classes: int, max_iter: int = 100, tol:
     correlated features this halves the iterations of the fixed Hessian-at-zero preconditioner and cuts
     those of the identity several-fold. A problem stops when its largest gradient entry in the *original*
     coordinates is ≤ ``tol`` — sklearn's ``lbfgs`` rule (``gtol``) on the same objective — or after
-    ``max_iter`` iterations; finished problems leave the batch (whole designs, or one C across all
+    ``max_iter`` iterations, or when an accepted step no longer lowers the loss (float32 precision); finished problems leave the batch (whole designs, or one C across all
     designs). Hand-written: neither torch nor scipy solves many independent problems with separate line
     searches in one call. Problems are laid out (G, M, K, ·) so that per-problem scalars and reductions
     run over contiguous memory.
@@ -580,7 +584,10 @@ def batched_logreg(d: Designs, Y, lam, n_classes: int, max_iter: int = 100, tol:
         gamma = torch.where(curved, sy / dot(y_k, precond(y_k)).clamp_min(1e-30), gamma)
         iters = iters + ok
         step = torch.where(ok, torch.ones_like(step), step * 0.5)
-        active = active & (gmax(grad) > tol) & (iters < max_iter) & (step > 1e-6)
+        # an accepted step that did not lower the loss at all: the problem is at float32 precision (its gradient
+        # cannot get below tol there); stop it rather than let it retry tiny steps until max_iter
+        stalled = ok & (f_try >= f)
+        active = active & (gmax(grad) > tol) & (iters < max_iter) & (step > 1e-6) & ~stalled
         st.update(x=x, grad=grad, f=torch.where(ok, f_try, f), gamma=gamma, step=step, iters=iters, active=active)
     if len(des["rows"]):
         retire(torch.ones_like(st["active"]))
@@ -592,10 +599,19 @@ def batched_logreg(d: Designs, Y, lam, n_classes: int, max_iter: int = 100, tol:
 
 
 def _logreg_predict(X, W, b):
-    """Class predictions (P, n, R) for X (P, n, D), W (P, R, K, D), b (P, R, K)."""
+    """Class predictions (P, n, R) for X (P, n, D), W (P, R, K, D), b (P, R, K).
+
+    Logits within float32 resolution of the largest count as tied and the lowest class wins, as an exact
+    tie does in sklearn's float64 argmax: a probe on a constant readout (the CLS token before the first
+    block) predicts the majority class of its training fold, and two classes with equal counts there tie
+    exactly, which float32 rounding in the solver would otherwise break either way.
+    """
+    import torch
+
     P, R, K, D = W.shape
     logits = (X @ W.reshape(P, R * K, D).transpose(1, 2)).view(P, -1, R, K) + b[:, None]
-    return logits.argmax(-1)
+    top = logits.amax(-1, keepdim=True)
+    return (logits >= top - 1e-5 * top.abs().clamp_min(1.0)).to(torch.uint8).argmax(-1)
 
 
 def _present(Y, K: int):
@@ -618,7 +634,7 @@ def _closed_form_start(d: Designs, Y, lam, K: int):
     return torch.cat([W, torch.log(hot.sum(2).clamp_min(1e-3))[..., None]], -1)
 
 
-def _torch_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int):
+def _torch_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter: int, tol: float):
     """Batched engine. Every (feature matrix, inner fold) is one design (centred, rotated into its covariance
     eigenbasis, shared by all C values); all C values of all designs are one ``batched_logreg`` call from a
     closed-form start; then (real, control) labels on each matrix's full training fold at its chosen C are
@@ -643,7 +659,7 @@ def _torch_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter
     Yin = Yin[:, None].expand(G, A, m)
     n_in = torch.tensor([float(len(tr)) for tr, _ in prob.inner]).repeat(P)  # (G,)
     lam = (2.0 if K == 2 else 1.0) / (grid[None] * n_in[:, None])  # (G, A)
-    W = batched_logreg(d, Yin.clamp_min(0), lam, K, max_iter, init=_closed_form_start(d, Yin, lam, K))
+    W = batched_logreg(d, Yin.clamp_min(0), lam, K, max_iter, tol, init=_closed_form_start(d, Yin, lam, K))
     Wo, bo = d.to_original(W)  # (G, A, K, D), (G, A, K)
     Wo, bo = Wo.view(P, F * A, K, D), bo.view(P, F * A, K)
     pred = _logreg_predict(_stack(prob.x_train), Wo, bo).view(P, n, F, A)
@@ -663,7 +679,7 @@ def _torch_classify(prob: ProbeProblem, Cs: Sequence[float], seed: int, max_iter
     scale = torch.tensor([2.0 if K == 2 else 1.0, 2.0 if k_c == 2 else 1.0])
     lam2 = scale[None] / (grid[best][:, None] * n)  # (P, 2)
     init = torch.cat([d2.to_rotated(W0[:, None], b0[:, None]), _closed_form_start(d2, Y2[:, 1:], lam2[:, 1:], K)], 1)
-    Wf, bf = d2.to_original(batched_logreg(d2, Y2, lam2, K, max_iter, init=init, present=present))
+    Wf, bf = d2.to_original(batched_logreg(d2, Y2, lam2, K, max_iter, tol, init=init, present=present))
     out = _logreg_predict(_stack(prob.x_test), Wf, bf)  # (P, n_test, 2)
     cpred = out[..., 1].numpy() if k_c > 1 else np.full((P, out.shape[1]), int(prob.c_train[0]))
     return out[..., 0].numpy(), cpred, np.asarray(Cs)[best.numpy()]
@@ -685,7 +701,7 @@ def _ridge_path(X, y, alphas):
     return W, b
 
 
-def _torch_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max_iter: int):
+def _torch_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max_iter: int, tol: float):
     """Batched engine for ridge: closed form, alpha chosen by inner-CV R²."""
     import torch
 
@@ -707,7 +723,7 @@ def _torch_regress(prob: ProbeProblem, alphas: Sequence[float], seed: int, max_i
     return pick[..., 0].numpy(), pick[..., 1].numpy(), torch.as_tensor(alphas)[best].numpy()
 
 
-# engine name -> (classify, regress); each takes (ProbeProblem, grid, seed, max_iter) and returns
+# engine name -> (classify, regress); each takes (ProbeProblem, grid, seed, max_iter, tol) and returns
 # (pred (P, n_test), control_pred (P, n_test), chosen_hyperparameter (P,))
 def _single_threaded(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
@@ -839,9 +855,9 @@ def _dedupe(xs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
 
 def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "categorical", cv: int = 5,
                       seeds: Sequence[int] = (0,), engine: str = DEFAULT_ENGINE, Cs: Sequence[float] = DEFAULT_CS,
-                      alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
+                      alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = MAX_ITER,
                       name: str = "target", groups: np.ndarray | None = None, types: np.ndarray | None = None,
-                      probe: str = "linear", mdl: bool = False) -> list[dict[str, Any]]:
+                      probe: str = "linear", mdl: bool = False, tol: float = TOL) -> list[dict[str, Any]]:
     """Probe several feature matrices against one target in one batched pass.
 
     Args:
@@ -852,7 +868,8 @@ def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "c
         engine: ``torch`` (batched) or ``sklearn`` (reference) for the linear probe.
         Cs / alphas: regularization grids searched by the inner CV.
         inner_cv: inner folds.
-        max_iter: solver iterations.
+        max_iter: solver iterations per problem (logistic regression).
+        tol: gradient tolerance of the logistic solver, both engines (``TOL``).
         name: target name for error messages.
         groups: (n,) group of each sample (identity, subject): outer and inner folds are group-disjoint.
             None: stratified folds.
@@ -883,7 +900,7 @@ def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "c
             pairs = [_standardize(np.asarray(x[tr]), np.asarray(x[te])) for x in xs]
             inner = _inner_splits(y[tr], inner_cv, seed * 1000 + fold, kind, None if groups is None else groups[tr])
             prob = ProbeProblem([p[0] for p in pairs], [p[1] for p in pairs], y[tr], c[tr], n_classes, inner)
-            pred, cpred, chosen = solve(prob, grid, seed, max_iter)
+            pred, cpred, chosen = solve(prob, grid, seed, max_iter, tol)
             sizes.append((len(tr), len(te)))
             for p in range(P):
                 scores[p].append(_fold_scores(y[te], pred[p], kind))
@@ -914,9 +931,9 @@ def evaluate_features(xs: Sequence[np.ndarray], y: np.ndarray, *, kind: str = "c
 
 def fit_probe(*, features: np.ndarray, labels: Sequence[Any], cv: int = 5, seed: int = 0, seeds: int = 1,
               kind: str = "categorical", engine: str = DEFAULT_ENGINE, Cs: Sequence[float] = DEFAULT_CS,
-              alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
+              alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = MAX_ITER,
               groups: Sequence[Any] | None = None, types: Sequence[Any] | None = None, probe: str = "linear",
-              mdl: bool = False) -> dict[str, Any]:
+              mdl: bool = False, tol: float = TOL) -> dict[str, Any]:
     """Fit one linear probe with outer CV and report metrics with 95% CIs, chance and selectivity.
 
     Args:
@@ -940,7 +957,7 @@ def fit_probe(*, features: np.ndarray, labels: Sequence[Any], cv: int = 5, seed:
         raise FerlensError(f"features must be (n, D) with one row per label; got {X.shape} for {len(labels)} labels.")
     y = encode_target(labels, kind)
     return evaluate_features([X], y, kind=kind, cv=cv, seeds=range(seed, seed + seeds), engine=engine, Cs=Cs,
-                             alphas=alphas, inner_cv=inner_cv, max_iter=max_iter,
+                             alphas=alphas, inner_cv=inner_cv, max_iter=max_iter, tol=tol,
                              groups=None if groups is None else np.asarray(groups),
                              types=None if types is None else np.asarray(types), probe=probe, mdl=mdl)[0]
 
@@ -1039,10 +1056,10 @@ class ControlTypes:
 def sweep(*, featureset: "FeatureSet", targets: Sequence[str] | str = ("expression",),
           readouts: Sequence[str] | str = ("cls", "patch"), layers: Sequence[str | int] | str = "all",
           cv: int = 5, seeds: int = 3, engine: str = DEFAULT_ENGINE, Cs: Sequence[float] = DEFAULT_CS,
-          alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = 100,
+          alphas: Sequence[float] = DEFAULT_ALPHAS, inner_cv: int = 3, max_iter: int = MAX_ITER,
           run: str | None = None, on_skip: Callable[[str], None] | None = None,
           progress: bool = True, group: str | None = "auto", control: str = "auto", probe: str = "linear",
-          mdl: bool = False) -> list[dict[str, Any]]:
+          mdl: bool = False, tol: float = TOL) -> list[dict[str, Any]]:
     """Probe every (target, layer, readout) of a FeatureSet; all readouts × layers of a target in one batch.
 
     Args:
@@ -1092,7 +1109,7 @@ def sweep(*, featureset: "FeatureSet", targets: Sequence[str] | str = ("expressi
         types, control_kind = control_types.resolve(control, target, grouped_by)
         xs = [featureset.readout(r, layer) for r, layer, _ in pairs]
         results = evaluate_features(xs, y, kind=kind, cv=cv, seeds=range(seeds), engine=engine, Cs=Cs,
-                                    alphas=alphas, inner_cv=inner_cv, max_iter=max_iter, name=target,
+                                    alphas=alphas, inner_cv=inner_cv, max_iter=max_iter, tol=tol, name=target,
                                     groups=groups, types=types, probe=probe, mdl=mdl)
         for (readout, layer, index), res in zip(pairs, results):
             rows.append({"run": run, "target": target, "layer": layer, "layer_index": index, "tokens": readout,

@@ -23,7 +23,7 @@ from typing import Any
 
 # the options that decide a run's probe results (linear.request.json; a matching one is skipped by launchers)
 REQUEST_KEYS = ("tokens", "targets", "layers", "cv", "seeds", "data", "split", "engine", "baseline", "group", "control",
-                "probe", "mdl", "patch_tokens")
+                "probe", "mdl", "patch_tokens", "tol", "max_iter")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from probe.features import split_readouts
+    from probe.linear import MAX_ITER, TOL
     from train.cluster import options_from_args
     from train.errors import FerlensError
     from train.runs import resolve_run
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                "seeds": args.seeds, "data": args.data, "split": args.split, "engine": args.engine,
                "baseline": args.baseline, "group": args.group, "control": args.control, "probe": args.probe,
                "mdl": args.mdl, "batch_size": args.batch_size,
-               "patch_tokens": args.patch_tokens or any(r.startswith("patch@") for r in readouts)}
+               "patch_tokens": args.patch_tokens or any(r.startswith("patch@") for r in readouts),
+               "tol": TOL, "max_iter": MAX_ITER}  # the solver's stopping rule: probes fitted to another are redone
     opts = options_from_args(args)
     if opts.launcher != "serial":
         return _launch(run_dirs, request, opts)
@@ -129,7 +131,7 @@ def compute_probes(run_dir: Path, request: dict[str, Any]) -> list[dict]:
     fs = ensure_features(run_dir, request["data"], request["split"], **extract)
     opts = dict(targets=request["targets"], readouts=request["tokens"], layers=request["layers"], cv=request["cv"],
                 seeds=request["seeds"], engine=request["engine"], group=request["group"], control=request["control"],
-                probe=request["probe"], mdl=request["mdl"],
+                probe=request["probe"], mdl=request["mdl"], tol=request["tol"], max_iter=request["max_iter"],
                 on_skip=lambda note: print(f"probe linear: {note}", file=sys.stderr))
     rows = sweep(featureset=fs, run=run_dir.name, **opts)
     if request["baseline"] == "random-init":
