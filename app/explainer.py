@@ -1,7 +1,8 @@
-"""Explain-page computation: upload checks, cached predictions and attribution maps, overlays.
+"""Explain-page computation: upload checks, cached predictions, attribution maps and overlays.
 
-The maps themselves come from ``probe.explain``; this module only prepares inputs, caches results per
-(run, image, method, options) and paints overlays (pytorch-grad-cam's ``show_cam_on_image``).
+Predictions, maps (``probe.explain``) and their overlays come from the explain worker (``app.compute``, a
+process of its own, so the server never imports timm, captum or pytorch-grad-cam); this module checks
+uploads and caches the worker's results per (run, weights stamp, image, method, options).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from train.errors import FerlensError
+
+from . import compute
 
 MAX_UPLOAD_BYTES = 10 * 2**20  # 10 MB
 MAX_UPLOAD_PIXELS = 20_000_000  # 20 megapixels
@@ -69,60 +72,37 @@ class Prediction:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def predict(_model, _x, run_key: str, img_key: str, label_names: tuple[str, ...]) -> Prediction:
-    """Softmax probabilities of ``_x`` (1, 3, H, W); cached by (run, image)."""
-    import torch
+def predict(run: str, run_key: str, img_key: str, label_names: tuple[str, ...], _rgb: np.ndarray) -> Prediction:
+    """Softmax probabilities of the (h, w, 3) uint8 image ``_rgb`` from the explain worker; cached by (run, image).
 
-    from .loaders import COMPUTE_LOCK
-
-    with COMPUTE_LOCK, torch.no_grad():
-        probs = _model(_x).softmax(-1)[0].numpy()  # (C,)
-    return Prediction(list(label_names), probs)
+    Raises:
+        FerlensError: the run cannot be loaded or the worker stopped.
+    """
+    _, arrays = compute.request("predict", {"image": _rgb}, run=run)
+    return Prediction(list(label_names), arrays["probs"])
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def attribution(_model, _x, run_key: str, img_key: str, method: str, target: int,
-                layer: str | None = None, head: int | None = None) -> np.ndarray:
-    """One (H, W) map in [0, 1] from ``probe.explain``; cached by (run, image, method, options)."""
-    import probe
+def attribution(run: str, run_key: str, img_key: str, method: str, target: int, layer: str | None,
+                head: int | None, _rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One map of ``probe.explain`` from the explain worker; cached by (run, image, method, options).
 
-    from .loaders import COMPUTE_LOCK
-
-    options = {"layer": layer} if layer else {}
-    if head is not None:
-        options["head"] = head
-    if method == "ig":
-        options["n_steps"] = 16  # enough for a smooth map on 64 px inputs; keeps two runs under ~2 s
-    with COMPUTE_LOCK:
-        return probe.explain(_model, _x, method=method, target=target, **options)[0].numpy()  # (H, W)
-
-
-def attention_layers(model) -> list[str]:
-    """Blocks whose CLS query still attends over patch tokens (model spec: every vit / class-attention block,
-    clsonly's block 0, CaiT's class-attention blocks)."""
-    from train.models.adapters import model_spec
-
-    spec = model_spec(model)
-    return [spec.block_of(n) for n in spec.cls_attention_layers()]
-
-
-def attention_heads(model) -> int:
-    """Number of attention heads (1 when the model names none)."""
-    from train.models.adapters import model_spec
-
-    return int(model_spec(model).num_heads or 1)
-
-
-def overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """Heat map over an image with pytorch-grad-cam's colour map.
-
-    Args:
-        rgb: (H, W, 3) uint8 image.
-        heat: (H, W) map in [0, 1].
+    Returns:
+        (H, W) float32 map in [0, 1] and its (H, W, 3) uint8 overlay on the image (pytorch-grad-cam's
+        ``show_cam_on_image``), H = W = the run's input size.
     """
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    n_steps = 16 if method == "ig" else None  # enough for a smooth map on 64 px inputs; keeps two runs under ~2 s
+    _, arrays = compute.request("map", {"image": _rgb}, run=run, method=method, target=target, layer=layer,
+                                head=head, n_steps=n_steps)
+    return arrays["heat"], arrays["overlay"]
 
-    return show_cam_on_image(rgb.astype(np.float32) / 255.0, heat.astype(np.float32), use_rgb=True, image_weight=0.55)
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def attention_spec(run: str, run_key: str) -> tuple[list[str], int]:
+    """(blocks whose CLS query still attends over patch tokens, number of heads) from the run's model spec: every
+    vit / class-attention block, clsonly's block 0, CaiT's class-attention blocks; 1 head when the model names none."""
+    reply, _ = compute.request("spec", run=run)
+    return list(reply["layers"]), int(reply["heads"])
 
 
 def colour_mask(mask: np.ndarray) -> np.ndarray:

@@ -227,34 +227,7 @@ def run_label(run_dir: Path) -> str:
     return f"{run_dir.name} · {variant} · {dataset} · {acc}"
 
 
-# ---------------------------------------------------------------- models and datasets (cache_resource)
-
-@st.cache_resource(show_spinner="Loading model…", max_entries=16)
-def load_model(run_dir: str, stamp: tuple[int, int]):
-    """(model in eval mode, config, eval transform) of a run; ``stamp`` invalidates on new weights."""
-    import torch
-
-    from train.engine import make_eval_transform
-    from train.runs import load_run
-
-    torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP spin contention on shared cores
-    model, config = load_run(run_dir)
-    return model, config, make_eval_transform(config)
-
-
-def model_for(run_dir: Path):
-    """Cached ``(model, config, transform)``; raises FerlensError with one sentence on failure."""
-    try:
-        return load_model(str(run_dir), stamp(Path(run_dir) / "model.safetensors"))
-    except FerlensError:
-        raise
-    except ModuleNotFoundError as e:
-        raise FerlensError(f"The module {e.name} is not available yet, so run {run_dir.name} cannot be loaded; "
-                           "install or finish it and reload the page.") from None
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise FerlensError(f"Run {run_dir.name} cannot be loaded ({type(e).__name__}: {e}); "
-                           "check its config.json and model.safetensors.") from None
-
+# ---------------------------------------------------------------- datasets (cache_resource)
 
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
 def load_dataset(spec: str, split: str):
@@ -282,22 +255,15 @@ _WARMED: set[str] = set()
 _WARM_LOCK = threading.Lock()
 _WARM_JOBS: queue.Queue[str] = queue.Queue()  # "<stack>" or a run folder, done in order by one thread
 _WARM_THREAD: threading.Thread | None = None
-# Attribution methods attach hooks and toggle fused attention on the shared cached model, so every
-# forward through a cached model (page or warm-up thread) holds this lock.
-COMPUTE_LOCK = threading.RLock()
 # Script runs in progress (ui.py wraps each rerun in ``script_run``). The warm-up thread imports only
 # while none is: both share one GIL, so importing beside a page run would slow that page down.
 _ACTIVE_RUNS = 0
 _IDLE = threading.Condition()
-# What the pages draw with, then the explain stack, in import order and in steps of well under a second
-# each (on 2 cores: the most a page run can wait for a step already under way). torchvision pulls in
-# torch._dynamo (~1 s) through its ops; pytorch-grad-cam pulls in scipy.stats, scikit-learn (KernelPCA),
-# matplotlib and OpenCV.
+# What the pages draw with, then what the Explain page needs in the server (torch for train.data's
+# datasets, SynthFER's renderer), in import order and in steps of well under a second each. The explain
+# stack (timm, captum, pytorch-grad-cam ...) lives in the explain worker (app/worker.py).
 WARM_MODULES = ("numpy", "pandas", "pyarrow", "altair", "PIL.Image", "app.charts", "app.state", "app.actions",
-                "app.explainer", "torch", "sympy", "torch.fx", "torch._dynamo", "torchvision", "timm",
-                "train.models", "train.data", "train.engine", "scipy.linalg", "scipy.sparse", "scipy.stats",
-                "sklearn.base", "sklearn.decomposition", "matplotlib.pyplot", "cv2", "pytorch_grad_cam",
-                "captum.attr", "probe.attribution")
+                "app.explainer", "torch", "train.data", "train.data.synthfer")
 
 
 @contextmanager
@@ -321,16 +287,23 @@ def wait_idle(timeout: float = 30.0) -> bool:
 
 
 def warm_up(runs: list[Path]) -> None:
-    """Load the explain stack (torch, timm, captum, grad-cam) and the runs' models in a background thread.
+    """Warm what the pages need: imports and the runs' datasets in a background thread of the server, the
+    runs' models in the explain worker.
 
     Called when the server starts (``main.py``'s lifespan, with no runs) and after each page has been
-    sent (with the selected runs), so neither the first page nor the first Explain visit pays for imports
-    and model loading. Everything is warmed once per server process, by one thread, between script runs.
+    sent (with the selected runs), so neither the first page nor the first Explain visit pays for imports,
+    dataset loading or model loading. Everything is warmed once per server process; the server's share by
+    one thread, between script runs.
     """
     global _WARM_THREAD
+    from . import compute
+
     with _WARM_LOCK:
         jobs = ([] if "<stack>" in _WARMED else ["<stack>"]) + [str(r) for r in runs if str(r) not in _WARMED]
         _WARMED.update(jobs)
+        models = [job for job in jobs if job != "<stack>"]
+        if models:
+            compute.warm(models)  # its own thread: the worker loads them on the other core meanwhile
         for job in jobs:
             _WARM_JOBS.put(job)
         if jobs and _WARM_THREAD is None:
@@ -359,20 +332,11 @@ def _warm_stack() -> None:
 
 
 def _warm_run(run: Path) -> None:
+    """The run's test split, which the Explain page opens first (its model warms in the explain worker)."""
     try:
         wait_idle()
-        model, config, _ = model_for(run)
-        wait_idle()
-        dataset_for(str(config["data"]["spec"]), "test")
-        import torch
-
-        import probe
-
-        size = int(config["input"]["img_size"])
-        x = torch.zeros(1, 3, size, size)  # (1, 3, H, W): the run's own input size
-        for method in ("rollout", "gradcam", "ig"):  # first calls build hooks and load lazy modules
-            wait_idle()
-            with COMPUTE_LOCK:
-                probe.explain(model, x, method=method, target=0, **({"n_steps": 2} if method == "ig" else {}))
+        config = load(run, "config")
+        if config.ok:
+            dataset_for(str((config.data.get("data") or {})["spec"]), "test")
     except (FerlensError, KeyError, TypeError):
         pass  # an unusable run shows its error on the Explain page; warming it is only an optimisation

@@ -1,5 +1,9 @@
 """Explain: one image, every selected run side by side — prediction, rollout, CLS attention per
-layer/head, Grad-CAM and IG overlays; on SynthFER also the part mask and a counterfactual."""
+layer/head, Grad-CAM and IG overlays; on SynthFER also the part mask and a counterfactual.
+
+Labels come from each run's config.json; the model spec, predictions and maps from the explain worker
+(``app.compute``), so this page imports no model code in the server (datasets are rendered here).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,38 +91,35 @@ def upload_ui() -> tuple[Image.Image, None, str] | None:
         return None
 
 
-def run_column(run: Path, image: Image.Image, methods: list[str], target_name: str, k: int) -> None:
-    """Prediction and maps of one run for one image."""
+def run_column(run: Path, config: dict, image: Image.Image, methods: list[str], target_name: str, k: int) -> None:
+    """Prediction and maps of one run for one image (computed by the explain worker, ``app.compute``)."""
     st.markdown(f"#### {run.name}")
+    label_names = tuple(config.get("label_names") or [str(i) for i in range(config["num_classes"])])
+    rgb = np.asarray(image.convert("RGB"))  # (h, w, 3) uint8: the worker applies the run's eval transform
+    run_key = f"{run}:{loaders.stamp(run / 'model.safetensors')}"
+    img_key = explainer.image_key(image)
     try:
-        model, config, transform = loaders.model_for(run)
+        pred = explainer.predict(str(run), run_key, img_key, label_names, rgb)
     except FerlensError as e:
         st.error(str(e))
         return
-    label_names = tuple(config.get("label_names") or [str(i) for i in range(config["num_classes"])])
-    size = int(config["input"]["img_size"])
-    x = transform(image).unsqueeze(0)  # (1, 3, H, W)
-    run_key = f"{run}:{loaders.stamp(run / 'model.safetensors')}"
-    img_key = explainer.image_key(image)
-    pred = explainer.predict(model, x, run_key, img_key, label_names)
     st.markdown(f"**{config['model']['name']}** predicts **{label_names[pred.top]}** ({pred.probs[pred.top]:.2f})")
     probs = pd.DataFrame({"class": label_names, "probability": pred.probs, "top": np.arange(len(label_names)) == pred.top})
     charts.show_chart(charts.bars(probs, x="probability", y="class", highlight="top"), probs,
                       f"probs_{run.name}", key=f"ex_probs_{k}")
     target = pred.top if target_name == "predicted" else (label_names.index(target_name)
                                                           if target_name in label_names else pred.top)
-    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
     images, captions = [], []
     for method in methods:
         layer = head = None
         try:
             if method == "cls_attention":
-                layer, head = _attention_ui(model, k)
-            heat = explainer.attribution(model, x, run_key, img_key, method, target, layer, head)
+                layer, head = _attention_ui(str(run), run_key, k)
+            _, over = explainer.attribution(str(run), run_key, img_key, method, target, layer, head, rgb)
         except FerlensError as e:
             st.warning(f"{TITLES[method]}: {e}")
             continue
-        images.append(explainer.upscale(explainer.overlay(rgb, heat)))
+        images.append(explainer.upscale(over))
         where = f" {layer}, {'mean of heads' if head is None else f'head {head}'}" if method == "cls_attention" else ""
         captions.append(f"{TITLES[method]}{where} → {label_names[target]}" if method in ("gradcam", "ig")
                         else f"{TITLES[method]}{where}")
@@ -126,15 +127,14 @@ def run_column(run: Path, image: Image.Image, methods: list[str], target_name: s
         st.image(images, caption=captions, width=170)
 
 
-def _attention_ui(model, k: int) -> tuple[str, int | None]:
+def _attention_ui(run: str, run_key: str, k: int) -> tuple[str, int | None]:
     """Layer and head sliders for CLS attention of one run."""
-    layers = explainer.attention_layers(model)
+    layers, heads = explainer.attention_spec(run, run_key)
     if not layers:
         raise FerlensError("This model has no CLS query over patch tokens, so there is no CLS attention to show.")
     c1, c2 = st.columns(2)
     layer = c1.select_slider("CLS attn layer", layers, value=layers[-1], key=f"ex_layer_{k}") if len(layers) > 1 \
         else layers[0]
-    heads = explainer.attention_heads(model)
     head = c2.select_slider("Head", ["mean"] + list(range(heads)), value="mean", key=f"ex_head_{k}")
     return layer, (None if head == "mean" else int(head))
 
@@ -175,7 +175,7 @@ def main() -> None:
     cols = st.columns(len(runs))
     for k, run in enumerate(runs):
         with cols[k]:
-            run_column(run, image, methods, target_name, k)
+            run_column(run, configs[run.name], image, methods, target_name, k)
 
 
 main()

@@ -1,9 +1,12 @@
 """What keeps the app responsive: pages other than Explain never import the explain stack (torch, timm,
-scikit-learn, UMAP ...), the background warm-up imports only between script runs, and Streamlit skips
-its full garbage collection after every rerun."""
+scikit-learn, UMAP ...), Explain leaves timm, captum and pytorch-grad-cam to the explain worker, the
+server starts that worker and its background warm-up as it starts (the warm-up imports only between script
+runs and sends the selected runs' models to the worker), and Streamlit skips its full garbage collection
+after every rerun."""
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -11,7 +14,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from app import loaders
+from app import compute, loaders
 from app_fixtures import MAIN
 
 HEAVY = ("torch", "timm", "torchvision", "sklearn", "scipy", "umap", "numba", "matplotlib", "captum",
@@ -43,6 +46,48 @@ def test_pages_but_explain_do_not_import_the_explain_stack(demo_root, tmp_path):
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert list(seen) == pages
     assert all(mods == [] for mods in seen.values()), seen  # the first page included
+
+
+# Visits Explain (worker on) in one AppTest session; prints what it drew and which modules the server loaded.
+VISIT_EXPLAIN = """
+import json, sys
+from streamlit.testing.v1 import AppTest
+from app import compute
+at = AppTest.from_file({main!r}, default_timeout=120)
+at.run()
+at.switch_page("views/explain.py").run()
+print(json.dumps({{"exceptions": [e.value for e in at.exception], "errors": [e.value for e in at.error],
+                  "images": sorted(len(el.value) for el in at.image), "worker": compute.WORKER.proc is not None,
+                  "loaded": [m for m in {heavy!r} if m in sys.modules]}}))
+"""
+EXPLAIN_STACK = ("timm", "torchvision", "pytorch_grad_cam", "captum", "sklearn", "matplotlib", "cv2",
+                 "train.models", "probe.attribution")
+
+
+def test_explain_leaves_the_explain_stack_to_the_worker(demo_root, tmp_path):
+    repo = Path(MAIN).parents[1]
+    env = {"FERLENS_ARTIFACTS": str(demo_root), "FERLENS_APP_WARMUP": "0", "PYTHONPATH": str(repo),
+           "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", VISIT_EXPLAIN.format(main=MAIN, heavy=EXPLAIN_STACK)], cwd=repo,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["exceptions"] == [] and report["errors"] == [], report
+    assert report["images"] == [2, 4, 4] and report["worker"]  # image + mask, 4 maps per run, from the worker
+    assert report["loaded"] == [], report
+
+
+def test_warm_up_sends_new_runs_to_the_worker(monkeypatch):
+    sent = []
+    monkeypatch.setattr(compute, "warm", sent.append)
+    monkeypatch.setattr(loaders, "_WARMED", set())
+    monkeypatch.setattr(loaders, "_WARM_JOBS", queue.Queue())
+    monkeypatch.setattr(loaders, "_WARM_THREAD", threading.current_thread())  # the queue only: no thread starts
+    loaders.warm_up([Path("/r/a"), Path("/r/b")])
+    loaders.warm_up([Path("/r/b"), Path("/r/c")])
+    assert sent == [["/r/a", "/r/b"], ["/r/c"]]                  # each run's model once, to the worker
+    jobs = [loaders._WARM_JOBS.get_nowait() for _ in range(loaders._WARM_JOBS.qsize())]
+    assert jobs == ["<stack>", "/r/a", "/r/b", "/r/c"]           # the server warms imports and datasets only
 
 
 def test_warm_up_waits_while_a_script_run_is_active():
@@ -81,31 +126,38 @@ def test_no_full_gc_after_every_rerun():
     assert config["runner"]["postScriptGC"] is False
 
 
-# Enters main.py's lifespan (what `streamlit run app/main.py` does as the server starts) and reports
-# whether the warm-up was queued, without waiting for its imports.
+# Enters main.py's lifespan (what `streamlit run app/main.py` does as the server starts), waits until the
+# worker and the warm-up are under way (not for their imports), leaves it (the server stops) and reports.
 LIFESPAN = """
-import asyncio, json, time
+import asyncio, json, os, time
 import app.main as m
-from app import loaders
+from app import compute, loaders
+started = {{}}
 async def serve():
     async with m._lifespan(m.app):
-        pass
+        deadline = time.time() + 30
+        while time.time() < deadline and (
+                ({worker!r} != "0" and compute.WORKER.proc is None) or ({warm!r} != "0" and not loaders._WARMED)):
+            await asyncio.sleep(0.05)
+        proc = compute.WORKER.proc
+        started["pid"] = proc and proc.pid
 asyncio.run(serve())
-deadline = time.time() + 30
-while "<stack>" not in loaders._WARMED and time.time() < deadline and {warm!r} != "0":
-    time.sleep(0.05)
-print(json.dumps({{"warmed": sorted(loaders._WARMED), "script": str(m.app.script_path)}}))
+pid = started["pid"]
+print(json.dumps({{"warmed": sorted(loaders._WARMED), "script": str(m.app.script_path), "worker": pid is not None,
+                  "worker_left": pid is None or not os.path.exists(f"/proc/{{pid}}")}}))
 """
 
 
-def test_server_start_queues_the_warm_up(tmp_path):
+def test_server_start_starts_the_worker_and_the_warm_up(tmp_path):
     repo = Path(MAIN).parents[1]
-    for warm, expected in (("1", ["<stack>"]), ("0", [])):
-        env = {"FERLENS_APP_WARMUP": warm, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-               "HOME": str(tmp_path)}
-        out = subprocess.run([sys.executable, "-c", LIFESPAN.format(warm=warm)], cwd=repo, env=env,
+    for warm, worker, expected in (("1", "1", ["<stack>"]), ("0", "1", []), ("1", "0", ["<stack>"])):
+        env = {"FERLENS_APP_WARMUP": warm, "FERLENS_APP_WORKER": worker, "PYTHONPATH": str(repo),
+               "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-c", LIFESPAN.format(warm=warm, worker=worker)], cwd=repo, env=env,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
         report = json.loads(out.stdout.strip().splitlines()[-1])
         assert report["warmed"] == expected
+        assert report["worker"] == (worker != "0")
+        assert report["worker_left"]                                 # the server's shutdown stopped it
         assert Path(report["script"]).resolve() == Path(MAIN).resolve()  # main.py serves ui.py
