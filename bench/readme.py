@@ -46,7 +46,7 @@ def _probe(r: dict) -> list[str] | None:
         real = (f"real features ({r.get('real_source')}): **{_f(r.get('real_speedup'))}×** CPU time; max Δacc "
                 f"{_f(r.get('real_max_acc_diff_informative_points'))} pt on the {r.get('real_informative_matrices')} "
                 f"matrices whose probe beats chance, {_f(r.get('real_max_acc_diff_at_chance_points'))} pt on the "
-                f"{r.get('real_at_chance_matrices')} at chance (near-tied choice of C)")
+                f"{r.get('real_at_chance_matrices')} at chance")
     else:
         real = (f"real features ({r.get('real_source')}): **{_f(r.get('real_speedup'))}×** CPU time, max Δacc "
                 f"{_f(r.get('real_max_acc_diff_points'))} pt")

@@ -180,3 +180,19 @@ def test_engines_agree_at_chance_at_the_default_tolerance():
 
     assert gap(TOL) <= 1 / 600 + 1e-9
     assert gap(1e-4) > 0.005  # the control: at sklearn's own tolerance the same problem differs by > 0.5 points
+
+
+def test_a_tolerance_float32_cannot_reach_ends_when_steps_stop_lowering_the_loss():
+    """At tol 1e-9 no float32 gradient gets there: the problem stops once an accepted step no longer lowers the
+    loss (not after 2 × max_iter line-search passes), at sklearn's optimum."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = blobs(n=200, d=8, k=3, strength=0.3, seed=4)
+    d = designs([torch.from_numpy(X)], [np.arange(len(y))])
+    Y = torch.from_numpy(y)[None, None].contiguous()
+    stats: dict = {}
+    W, b = d.to_original(batched_logreg(d, Y, torch.full((1, 1), 1.0 / len(y)), 3, 1000, tol=1e-9, stats=stats))
+    assert stats["passes"] < 400
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=5000).fit(X.astype(np.float64), y)
+    W, b = W[0, 0].T.double().numpy(), b[0, 0].double().numpy()
+    assert objective(X, y, W, b, 1.0) == pytest.approx(objective(X, y, ref.coef_.T, ref.intercept_, 1.0), abs=1e-6)
