@@ -16,13 +16,15 @@ growing with depth), both single-threaded (see ``probe.linear._torch_threads``):
    identity itself, the auto control task at the chosen C) over the CLS and patch readouts of every layer
    for the demo's categorical targets; target ≥ 3× per run.
 
-Both engines run at the probe's own stopping rule (``probe.linear.TOL``, ``MAX_ITER``). Agreement: the largest
-test-accuracy difference over the matrices (must be ≤ 0.5 points), reported apart for the matrices whose
-probe beats chance (95 % CI above the chance level) and those at chance, where the objective is flat and a
-loose tolerance leaves the accuracy undetermined. With ``--converged`` sklearn is also run to
-``tol=1e-6`` (``max_iter=2000``) and both engines' differences to that optimum are reported.
+Both engines are timed at the probe's own stopping rule (``probe.linear.TOL``, ``MAX_ITER``). Agreement: the
+largest test-accuracy difference of the torch engine to the optimum — sklearn solved to ``tol=1e-6``
+(``max_iter=2000``) in float64, not timed — over the matrices (must be ≤ 0.5 points), reported apart for
+the matrices whose probe beats chance (95 % CI above the chance level) and those at chance; sklearn's own
+difference to that optimum at the shared tolerance and the engine-vs-engine difference are reported too
+(on a flat objective, C = 1 on weakly encoded features, the shared tolerance leaves either engine short of
+the optimum).
 
-    python -m bench.bench_probe_sweep [--converged]
+    python -m bench.bench_probe_sweep
 """
 from __future__ import annotations
 
@@ -149,11 +151,13 @@ def _informative(rows: list) -> list[bool]:
     return [r["ci95"]["accuracy"][0] > r["chance"] for r in rows]
 
 
-def real_probe(converged: bool = False) -> dict:
+def real_probe() -> dict:
     """Both engines on the real features of every demo run, per target; a run's speed-up is its total sklearn
-    / total torch CPU time (both run single-threaded, so CPU time is the work done and holds on a machine
-    shared with other jobs; wall-clock seconds are recorded too). ``converged``: also sklearn at ``tol=1e-6``
-    as a reference for the accuracy differences (not timed against)."""
+    / total torch CPU time, both at the probe's stopping rule (both run single-threaded, so CPU time is the work
+    done and holds on a machine shared with other jobs; wall-clock seconds are recorded too). The accuracy
+    reference is sklearn solved to ``tol=1e-6`` in float64 (not timed against): at the shared tolerance a
+    flat objective (weak penalty, C = 1) still leaves either engine short of the optimum, and which one is
+    closer is not a property of the faster engine."""
     runs: dict = {}
     for source, problems in real_features():
         rec: dict = {"targets": {}}
@@ -170,10 +174,10 @@ def real_probe(converged: bool = False) -> dict:
                    "sklearn_s": sk_s, "torch_s": tc_s, "sklearn_wall_s": sk_w, "torch_wall_s": tc_w,
                    "speedup": sk_s / tc_s, "max_acc_diff_points": max(diff), "acc_diff_points": diff,
                    "informative": info}
-            if converged:
-                ref = _timed(xs, y, "sklearn", max_iter=2000, tol=1e-6, **kw)[0]
-                row["max_acc_diff_vs_converged_points"] = max(_diffs(tc, ref))
-                row["sklearn_vs_converged_points"] = max(_diffs(sk, ref))
+            ref = _timed(xs, y, "sklearn", max_iter=2000, tol=1e-6, **kw)[0]
+            row["acc_diff_vs_converged_points"] = _diffs(tc, ref)
+            row["max_acc_diff_vs_converged_points"] = max(row["acc_diff_vs_converged_points"])
+            row["sklearn_vs_converged_points"] = max(_diffs(sk, ref))
             rec["targets"][target] = row
         rec.update(sklearn_s=totals["sklearn"], torch_s=totals["torch"], speedup=totals["sklearn"] / totals["torch"],
                    max_acc_diff_points=max(r["max_acc_diff_points"] for r in rec["targets"].values()))
@@ -182,22 +186,22 @@ def real_probe(converged: bool = False) -> dict:
     return {"real_source": " + ".join(runs), "real_runs": runs, "real_sklearn_s": sk_total, "real_torch_s": tc_total,
             "real_speedup": sk_total / tc_total, "real_min_run_speedup": min(r["speedup"] for r in runs.values()),
             "real_max_acc_diff_points": max(r["max_acc_diff_points"] for r in runs.values()),
-            **_agreement_split(runs)}
+            **_agreement_split(runs), **_agreement_split(runs, "acc_diff_vs_converged_points", "_vs_converged"),
+            "real_sklearn_max_acc_diff_vs_converged_points": max(t["sklearn_vs_converged_points"] for r in runs.values()
+                                                                for t in r["targets"].values())}
 
 
-def _agreement_split(runs: dict) -> dict:
-    """Largest Δacc over the matrices whose probe beats chance and over those at chance, with their counts: at
-    chance the inner-CV choice of C is a near-tie, so there the two engines (and sklearn at 100 vs 1000
-    iterations) differ by more than the probe's own resolution says anything about the features."""
-    pairs = [(d, i) for r in runs.values() for t in r["targets"].values()
-             for d, i in zip(t["acc_diff_points"], t["informative"])]
+def _agreement_split(runs: dict, key: str = "acc_diff_points", suffix: str = "") -> dict:
+    """Largest Δacc (``key``) over the matrices whose probe beats chance and over those at chance, with counts."""
+    pairs = [(d, i) for r in runs.values() for t in r["targets"].values() for d, i in zip(t[key], t["informative"])]
     above = [d for d, i in pairs if i]
     at = [d for d, i in pairs if not i]
-    return {"real_max_acc_diff_informative_points": max(above, default=0.0), "real_informative_matrices": len(above),
-            "real_max_acc_diff_at_chance_points": max(at, default=0.0), "real_at_chance_matrices": len(at)}
+    return {f"real_max_acc_diff{suffix}_informative_points": max(above, default=0.0),
+            f"real_max_acc_diff{suffix}_at_chance_points": max(at, default=0.0),
+            "real_informative_matrices": len(above), "real_at_chance_matrices": len(at)}
 
 
-def main(P: int = 20, n: int = 600, d: int = 64, converged: bool = False) -> dict:
+def main(P: int = 20, n: int = 600, d: int = 64) -> dict:
     from train.demo import machine
 
     xs, y = sweep_like(P, n, d)
@@ -205,7 +209,7 @@ def main(P: int = 20, n: int = 600, d: int = 64, converged: bool = False) -> dic
     m = machine()
     print(f"CPU: {m.get('cpu')} ({m.get('isa_label')}), {m.get('cores')} cores")
     result = {"P": P, "n": n, "d": d, "cpu": m.get("cpu"), "isa": m.get("isa_label"),
-              **fixed_c(xs, y), **full_probe(xs, y), **real_probe(converged)}
+              **fixed_c(xs, y), **full_probe(xs, y), **real_probe()}
     print(f"probe sweep, {P} matrices of {n}×{d}, 7 classes (single-threaded):")
     print(f"  one fit at C=1:   sklearn loop {result['fixed_c_sklearn_s']:.2f}s, torch batched "
           f"{result['fixed_c_torch_s']:.2f}s → {result['fixed_c_speedup']:.2f}× (one small fit: overheads dominate), "
@@ -224,12 +228,15 @@ def main(P: int = 20, n: int = 600, d: int = 64, converged: bool = False) -> dic
             print(f"      {target:<12} {r['matrices']:2d} matrices {r['n']}×{r['dim']}, K={r['classes']:<2d}: "
                   f"{r['sklearn_s']:5.1f}s / {r['torch_s']:4.1f}s = {r['speedup']:.2f}×, max |Δacc| "
                   f"{r['max_acc_diff_points']:.2f}{ref}")
-    print(f"    all runs: {result['real_speedup']:.2f}× (slowest run {result['real_min_run_speedup']:.2f}×); max |Δacc| "
-          f"{result['real_max_acc_diff_informative_points']:.2f} points on the {result['real_informative_matrices']} "
-          f"matrices whose probe beats chance, {result['real_max_acc_diff_at_chance_points']:.2f} on the "
-          f"{result['real_at_chance_matrices']} at chance")
+    print(f"    all runs: {result['real_speedup']:.2f}× (slowest run {result['real_min_run_speedup']:.2f}×); torch's max "
+          f"|Δacc| to the optimum (sklearn at tol=1e-6) {result['real_max_acc_diff_vs_converged_informative_points']:.2f} "
+          f"points on the {result['real_informative_matrices']} matrices whose probe beats chance, "
+          f"{result['real_max_acc_diff_vs_converged_at_chance_points']:.2f} on the {result['real_at_chance_matrices']} at "
+          f"chance (sklearn at the same tolerance: {result['real_sklearn_max_acc_diff_vs_converged_points']:.2f}); "
+          f"engine vs engine {result['real_max_acc_diff_informative_points']:.2f} / "
+          f"{result['real_max_acc_diff_at_chance_points']:.2f}")
     return result
 
 
 if __name__ == "__main__":
-    main(converged="--converged" in sys.argv[1:])
+    main()

@@ -42,6 +42,13 @@ def _probe(r: dict) -> list[str] | None:
         return None
     if "real_speedup" not in r:
         real = "real features: not run"
+    elif "real_max_acc_diff_vs_converged_informative_points" in r:
+        real = (f"real features ({r.get('real_source')}): **{_f(r.get('real_speedup'))}×** CPU time; max Δacc to the "
+                f"optimum (sklearn at tol 1e-6) {_f(r.get('real_max_acc_diff_vs_converged_informative_points'))} pt on the "
+                f"{r.get('real_informative_matrices')} matrices whose probe beats chance, "
+                f"{_f(r.get('real_max_acc_diff_vs_converged_at_chance_points'))} pt on the "
+                f"{r.get('real_at_chance_matrices')} at chance (sklearn at the same tolerance: "
+                f"{_f(r.get('real_sklearn_max_acc_diff_vs_converged_points'))} pt)")
     elif "real_max_acc_diff_informative_points" in r:
         real = (f"real features ({r.get('real_source')}): **{_f(r.get('real_speedup'))}×** CPU time; max Δacc "
                 f"{_f(r.get('real_max_acc_diff_informative_points'))} pt on the {r.get('real_informative_matrices')} "

@@ -6,7 +6,7 @@ others down) with a per-benchmark timeout inside a total budget; its returned di
 the machine description into ``bench/results.json`` (atomic write), and a summary table is printed.
 A failing benchmark is reported, not fatal.
 
-    python -m bench.run_all                       # all, 15-minute budget
+    python -m bench.run_all                       # all, 25-minute budget
     python -m bench.run_all --only scaling,app    # a subset (names without the bench_ prefix)
 """
 from __future__ import annotations
@@ -26,6 +26,9 @@ from train.io import atomic_write_json
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 MARKER = "@@FERLENS_BENCH_RESULT@@"
+# benchmarks that need more than --timeout on a 2-core machine (probe sweep: three full passes over the demo's
+# real features, one of them sklearn solved to tol 1e-6 as the accuracy reference)
+TIMEOUTS = {"bench_probe_sweep": 900.0}
 # The child imports the module, calls main() and prints the result after a marker line.
 CHILD = ("import json, sys\n"
          "from bench import {name} as m\n"
@@ -100,8 +103,9 @@ def run_all(names: Sequence[str], out: Path, budget: float, timeout: float) -> d
             results[name] = {"status": "skipped", "seconds": 0.0, "error": f"total budget of {budget:.0f} s used up"}
             print(f"  {name:24s} skipped (budget)", flush=True)
             continue
-        print(f"  {name:24s} running (timeout {min(timeout, left):.0f} s) ...", flush=True)
-        results[name] = run_one(name, min(timeout, left))
+        limit = min(max(timeout, TIMEOUTS.get(name, 0.0)), left)
+        print(f"  {name:24s} running (timeout {limit:.0f} s) ...", flush=True)
+        results[name] = run_one(name, limit)
         r = results[name]
         print(f"  {name:24s} {r['status']} in {r['seconds']:.1f} s", flush=True)
     report = {"machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -127,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated benchmark names, e.g. scaling,app")
     parser.add_argument("--out", default=str(BENCH_DIR / "results.json"), help="results file (default bench/results.json)")
-    parser.add_argument("--budget", type=float, default=900.0, help="total seconds for all benchmarks (default 900)")
+    parser.add_argument("--budget", type=float, default=1500.0, help="total seconds for all benchmarks (default 1500)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per benchmark (default 300)")
     args = parser.parse_args(argv)
     from train.errors import FerlensError

@@ -75,3 +75,18 @@ def test_probe_row_splits_agreement_at_chance():
                   "real_source": "demo_vit", **split})
     assert "**7.35×**" in row[2] and "0.30 pt on the 3 matrices whose probe beats chance" in row[2]
     assert "1.50 pt on the 1 at chance" in row[2]
+
+
+def test_probe_row_quotes_the_distance_to_the_optimum_when_measured():
+    from bench.bench_probe_sweep import _agreement_split
+    from bench.readme import _probe
+
+    runs = {"demo_vit": {"targets": {"expression": {"acc_diff_points": [1.7, 0.2], "informative": [True, False],
+                                                    "acc_diff_vs_converged_points": [0.0, 0.4]}}}}
+    ref = _agreement_split(runs, "acc_diff_vs_converged_points", "_vs_converged")
+    assert ref["real_max_acc_diff_vs_converged_informative_points"] == 0.0
+    assert ref["real_max_acc_diff_vs_converged_at_chance_points"] == 0.4
+    row = _probe({"full_speedup": 3.4, "full_max_acc_diff_points": 1.0, "real_speedup": 9.9, "real_source": "demo_vit",
+                  **_agreement_split(runs), **ref, "real_sklearn_max_acc_diff_vs_converged_points": 1.7})
+    assert "optimum (sklearn at tol 1e-6) 0.00 pt on the 1 matrices whose probe beats chance" in row[2]
+    assert "0.40 pt on the 1 at chance (sklearn at the same tolerance: 1.70 pt)" in row[2]
