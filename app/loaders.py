@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from train.errors import FerlensError
+from train.io import file_stamp
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,7 @@ class Artifact:
         return self.data is not None
 
 
-def stamp(path: Path) -> tuple[int, int]:
-    """(mtime_ns, size) so cached readers notice a rewritten file."""
-    try:
-        st_ = path.stat()
-        return st_.st_mtime_ns, st_.st_size
-    except OSError:
-        return 0, -1
+stamp = file_stamp  # (mtime_ns, size): cached readers notice a rewritten file
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from train.errors import FerlensError, sentence
+from train.io import file_stamp
 
 MAX_HEADER_BYTES = 16 * 2**20
 # Imported at start, before the first request: the import order of the stack, heaviest first.
@@ -121,22 +122,13 @@ def read_message(stream: BinaryIO) -> tuple[dict[str, Any], Arrays] | None:
 _MODELS: OrderedDict[str, tuple[tuple[int, int], Any, dict, Callable]] = OrderedDict()
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    """(mtime_ns, size) of the weights, so a re-trained run is reloaded."""
-    try:
-        st_ = path.stat()
-        return st_.st_mtime_ns, st_.st_size
-    except OSError:
-        return 0, -1
-
-
 def model_for(run: str) -> tuple[Any, dict, Callable]:
     """(model in eval mode, config, eval transform) of a run, cached until its model.safetensors changes.
 
     Raises:
         FerlensError: one sentence when the run cannot be loaded.
     """
-    key = _stamp(Path(run) / "model.safetensors")
+    key = file_stamp(Path(run) / "model.safetensors")  # a re-trained run is reloaded
     cached = _MODELS.get(run)
     if cached is not None and cached[0] == key:
         _MODELS.move_to_end(run)
@@ -173,7 +165,8 @@ def _input(arrays: Arrays, transform: Callable):
     if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = "none" if image is None else f"{image.dtype} {tuple(image.shape)}"
         raise FerlensError(f"The explain request carries no (h, w, 3) uint8 RGB image (got {got}); reload the page.")
-    return Image.fromarray(image), transform(Image.fromarray(image)).unsqueeze(0)
+    pil = Image.fromarray(image)
+    return pil, transform(pil).unsqueeze(0)
 
 
 def handle_spec(header: dict, arrays: Arrays) -> tuple[dict, Arrays]:

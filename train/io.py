@@ -102,6 +102,16 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """(mtime_ns, size) of a file, (0, -1) when it cannot be read: a cache key that changes when the file is
+    rewritten."""
+    try:
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return 0, -1
+
+
 def read_json(path: str | os.PathLike) -> Any:
     from .errors import FerlensError
 
